@@ -1,0 +1,1 @@
+"""Adapters: one module per modality family, imported as bioviz.adapters."""

@@ -1,0 +1,1 @@
+"""bioviz: candidate biomarkers from inside foundation models."""
