@@ -1,1 +1,12 @@
-"""bioviz: candidate biomarkers from inside foundation models."""
+"""bioviz: candidate biomarkers from inside biology and medical-imaging foundation models.
+
+``import bioviz as bv``: a handful of verbs over on-disk artifacts (see DESIGN.md).
+"""
+
+__version__ = "0.1.0"
+
+from .extract import extract  # noqa: E402
+from .hooks import capture, layer_names, resolve_layers  # noqa: E402
+from .store import ActivationStore, StoreError  # noqa: E402
+
+__all__ = ["__version__", "extract", "capture", "layer_names", "resolve_layers", "ActivationStore", "StoreError"]

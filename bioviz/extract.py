@@ -1,0 +1,229 @@
+"""Extraction: run an adapter's model over a cohort and write what chosen layers compute
+into an ActivationStore. Runs as a Lightning prediction loop, under inference mode, with a
+progress bar; a killed run resumes from the last committed chunk."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from contextlib import contextmanager
+
+import lightning as L
+import pandas as pd
+import torch
+
+from . import __version__
+from .adapters.base import REQUIRED_OBS, Adapter, Batch, to_device
+from .checksum import chain, digest
+from .hooks import capture, resolve_layers
+from .store import ActivationStore, StoreError, StoreWriter
+from .store.format import FLOAT16_MAX
+
+log = logging.getLogger(__name__)
+NONFINITE = ("error", "drop")
+
+
+class _FixedBatches(torch.utils.data.Sampler):
+    """Batch ``b`` is always items ``[b*size, (b+1)*size)``, so a resumed run sees the same
+    batches (and the same numerics) as an uninterrupted one."""
+
+    def __init__(self, n_items: int, batch_size: int, start: int = 0):
+        self.n, self.size, self.start = n_items, batch_size, start
+
+    def __len__(self):
+        return max(0, math.ceil(self.n / self.size) - self.start)
+
+    def __iter__(self):
+        for b in range(self.start, math.ceil(self.n / self.size)):
+            yield list(range(b * self.size, min((b + 1) * self.size, self.n)))
+
+
+class _Collate:
+    def __init__(self, adapter: Adapter):
+        self.adapter = adapter
+
+    def __call__(self, items) -> tuple[Batch, str]:
+        batch = self.adapter.collate(items)
+        # checksum on the CPU side, inside the loader (and its workers, if any)
+        return batch, digest(self.adapter.data_fingerprint(batch))
+
+
+class _Extractor(L.LightningModule):
+    """The prediction loop's step: forward with hooks, rows, checks, hand to the writer."""
+
+    def __init__(self, adapter, layers, writer, resume, *, dtype, nonfinite, inputs, select):
+        super().__init__()
+        self.adapter = adapter
+        self.net = adapter.model  # registered so Lightning moves it to the device
+        self.layers, self.writer, self.resume = layers, writer, resume
+        self.store_dtype, self.nonfinite, self.inputs, self.select = dtype, nonfinite, inputs, select
+        self.state = resume.state or {"data_checksum": "", "items": 0, "dropped_nonfinite": 0}
+        self.torch_dtype = getattr(torch, dtype)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        b, checksum = batch
+        return to_device(b, device), checksum
+
+    def predict_step(self, batch, batch_idx):
+        batch, checksum = batch
+        index = self.resume.batch + batch_idx
+        skip = 0
+        if batch_idx == 0 and self.resume.batch_checksum is not None:
+            if checksum != self.resume.batch_checksum:
+                raise StoreError(
+                    f"the input data changed since the interrupted run wrote {self.writer.path} "
+                    f"(batch {index} differs); pass overwrite=True to start again"
+                )
+            skip = self.resume.skip_rows
+        with capture(self.net, self.layers, inputs=self.inputs, select=self.select) as cap:
+            self.adapter.forward(batch)
+            acts = cap.pop()
+        rows, obs = self._rows(acts, batch, index)
+        before = dict(self.state)
+        self.state = {
+            "data_checksum": chain(self.state["data_checksum"], checksum),
+            "items": self.state["items"] + len(batch),
+            "dropped_nonfinite": self.state["dropped_nonfinite"] + self._dropped,
+        }
+        self.writer.add(index, rows, obs, before, dict(self.state), checksum, skip_rows=skip)
+
+    def _rows(self, acts, batch, index):
+        rows, obs = {}, None
+        for name in self.layers:
+            act = acts[name]
+            if not (act.is_floating_point()):
+                raise StoreError(
+                    f"layer {name!r} produces {act.dtype} values; the store holds floating-point "
+                    "activations (hook another layer, or pass select= to pick a float output)"
+                )
+            r, o = self.adapter.rows(name, act, batch)
+            if obs is None:
+                obs = o
+            elif len(o) != len(obs):
+                raise StoreError(
+                    f"layers give different row counts for batch {index}: {self.layers[0]!r} "
+                    f"{len(obs)}, {name!r} {len(o)}; extract them into separate stores"
+                )
+            rows[name] = r
+        missing = [c for c in REQUIRED_OBS if c not in obs]
+        if missing:
+            raise StoreError(f"adapter {type(self.adapter).__name__} gave rows without obs columns {missing}")
+        bad = torch.zeros(len(obs), dtype=torch.bool, device=next(iter(rows.values())).device)
+        for name, r in rows.items():
+            nonfinite = ~torch.isfinite(r).all(1)
+            if nonfinite.any() and self.nonfinite == "error":
+                raise StoreError(_describe(f"layer {name!r} has NaN/Inf activations", nonfinite, obs, index)
+                                 + "; pass nonfinite='drop' to skip such rows (they are counted)")
+            bad |= nonfinite
+            if self.store_dtype == "float16":
+                over = (r.abs() > FLOAT16_MAX).any(1) & ~nonfinite
+                if over.any():
+                    raise StoreError(_describe(
+                        f"layer {name!r} has values beyond ±{FLOAT16_MAX:.0f}, which float16 cannot hold",
+                        over, obs, index) + "; extract with dtype='float32'")
+        self._dropped = int(bad.sum())
+        keep = ~bad if self._dropped else None
+        out = {}
+        for name, r in rows.items():
+            if keep is not None:
+                r = r[keep]
+            out[name] = r.to(self.torch_dtype).cpu().numpy()
+        if keep is not None:
+            obs = obs[keep.cpu().numpy()].reset_index(drop=True)
+        return out, obs
+
+
+def _describe(what: str, mask: torch.Tensor, obs: pd.DataFrame, batch: int) -> str:
+    idx = mask.nonzero().flatten().cpu().numpy()
+    cols = [c for c in ("subject_id", "sample_id", "token_index") if c in obs]
+    first = obs.iloc[idx[:3]][cols].to_dict("records")
+    return f"{what} in {len(idx)} rows of batch {batch} (first: {first})"
+
+
+@contextmanager
+def _quiet_lightning():
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
+        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        warnings.filterwarnings("ignore", message=".*predict returned None.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
+def extract(adapter: Adapter, data, layers, store_path, *, batch_size: int = 32,
+            chunk_rows: int = 4096, dtype: str = "float32", nonfinite: str = "error",
+            inputs: bool = False, select=None, num_workers: int = 0, accelerator: str = "auto",
+            overwrite: bool = False, progress: bool = True, compression: str | None = None,
+            extra_manifest: dict | None = None) -> ActivationStore:
+    """Run ``adapter``'s model over ``data`` and store what ``layers`` compute.
+
+    Returns the finished :class:`~bioviz.store.ActivationStore`. Rerunning the same call
+    after a crash resumes; on a finished store with the same configuration it returns the
+    store without recomputing.
+    """
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"adapter: expected a bioviz adapter, got {type(adapter).__name__}; "
+                        "wrap a plain torch model with bioviz.adapters.TorchAdapter(model)")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite={nonfinite!r}: expected one of {NONFINITE}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+    names = resolve_layers(adapter.model, layers)
+    dataset = adapter.dataset(data)
+    n_items = len(dataset)
+    if n_items == 0:
+        raise StoreError("data is empty: there is nothing to extract")
+    fingerprint = {
+        "model": adapter.identity(), "adapter": adapter.config(), "layers": names,
+        "dtype": dtype, "chunk_rows": int(chunk_rows), "batch_size": int(batch_size),
+        "n_items": n_items, "inputs": inputs, "select": select, "nonfinite": nonfinite,
+    }
+    writer = StoreWriter(store_path, fingerprint, chunk_rows=chunk_rows, dtype=dtype,
+                         overwrite=overwrite, compression=compression)
+    resume = writer.open()
+    if resume is None:
+        log.info("%s is already complete for this configuration", store_path)
+        return ActivationStore(store_path)
+    if resume.batch:
+        log.info("resuming %s at batch %d", store_path, resume.batch)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_FixedBatches(n_items, int(batch_size), resume.batch),
+        collate_fn=_Collate(adapter), num_workers=num_workers,
+    )
+    module = _Extractor(adapter, names, writer, resume, dtype=dtype, nonfinite=nonfinite,
+                        inputs=inputs, select=select)
+    try:
+        with _quiet_lightning():
+            trainer = L.Trainer(
+                accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                enable_model_summary=False, enable_progress_bar=progress,
+                use_distributed_sampler=False, inference_mode=True,
+            )
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        state = module.state
+        manifest = writer.finish({
+            "bioviz_version": __version__, "model": fingerprint["model"],
+            "adapter": fingerprint["adapter"], "data_checksum": state["data_checksum"],
+            "n_items": state["items"], "dropped_nonfinite_rows": state["dropped_nonfinite"],
+            **(extra_manifest or {}),
+        })
+    except BaseException:
+        writer.close()  # keep every chunk already committed
+        raise
+    if manifest["dropped_nonfinite_rows"]:
+        warnings.warn(f"{manifest['dropped_nonfinite_rows']} rows with NaN/Inf activations were "
+                      f"dropped from {store_path}", stacklevel=2)
+    return ActivationStore(store_path)
+
+
+__all__ = ["extract", "NONFINITE"]
