@@ -50,9 +50,16 @@ class TorchAdapter(Adapter):
         input_key: str | None = None,
         mask_key: str = "attention_mask",
         model_name: str | None = None,
+        weights: str | None = None,
     ):
+        """``weights``: a local ``.safetensors`` or state-dict file loaded into ``model``
+        (``module.`` prefixes stripped; any missing or unexpected key is an error)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if weights is not None:
+            from bioviz.weights import load_weights
+
+            load_weights(model, weights)
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
         self._model = model

@@ -160,12 +160,31 @@ def _quiet_lightning():
                 lg.setLevel(lv)
 
 
-def extract(adapter: Adapter, data, layers, store_path, *, batch_size: int = 32,
+def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str | list[str],
+            store_path: str, *, batch_size: int = 32,
             chunk_rows: int = 4096, dtype: str = "float32", nonfinite: str = "error",
-            inputs: bool = False, select=None, num_workers: int = 0, accelerator: str = "auto",
+            inputs: bool = False, select: int | str | None = None, num_workers: int = 0,
+            accelerator: str = "auto",
             overwrite: bool = False, progress: bool = True, compression: str | None = None,
             extra_manifest: dict | None = None) -> ActivationStore:
     """Run ``adapter``'s model over ``data`` and store what ``layers`` compute.
+
+    Args:
+        adapter: the modality adapter (it holds the model).
+        data: what the adapter reads: a dataset, an AnnData or a path (see the adapter).
+        layers: module names or glob patterns (``encoder.layer.*``; ``**`` crosses dots).
+        store_path: directory of the ActivationStore to write (or resume).
+        batch_size: items per forward pass.
+        chunk_rows: rows per zarr chunk, the unit of an atomic commit.
+        dtype: ``float32`` or ``float16`` (values beyond float16's range are an error).
+        nonfinite: ``error`` stops at NaN/Inf activations naming the rows; ``drop`` skips and counts them.
+        inputs: capture what the layers receive instead of what they return.
+        select: index or key of the layer output to keep (see bioviz.hooks).
+        num_workers: DataLoader worker processes.
+        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+        overwrite: replace an existing store made with another configuration.
+        progress: show a progress bar.
+        compression: ``None``, ``zstd`` or ``blosc`` for the zarr chunks.
 
     Returns the finished :class:`~bioviz.store.ActivationStore`. Rerunning the same call
     after a crash resumes; on a finished store with the same configuration it returns the

@@ -167,7 +167,7 @@ class StoreWriter:
             rows = {k: v[skip_rows:] for k, v in rows.items()}
             obs = obs.iloc[skip_rows:]
             n -= skip_rows
-        if not self._arrays and not self._buf_rows:
+        if not self._buf_rows:
             self._create_arrays(rows)
         if set(rows) != set(self._buf_rows):
             raise StoreError(f"batch {batch}: layers {sorted(rows)} differ from the store's {sorted(self._buf_rows)}")

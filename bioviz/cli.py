@@ -1,0 +1,70 @@
+"""The ``bioviz`` command line: one subcommand per stage, configs as YAML with
+``class_path``/``init_args`` (jsonargparse, as LightningCLI)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from . import __version__
+from .adapters.base import Adapter
+
+
+def _stage_parser(fn, skip=()) -> ArgumentParser:
+    p = ArgumentParser(description=(fn.__doc__ or "").split("\n")[0])
+    p.add_argument("--config", action=ActionConfigFile, help="YAML config with these arguments")
+    p.add_argument("--seed", type=int, default=0, help="torch seed set before objects are built from the config")
+    p.add_function_arguments(fn, skip=set(skip), as_group=False)
+    return p
+
+
+def build_parser() -> ArgumentParser:
+    from .extract import extract
+
+    parser = ArgumentParser(prog="bioviz", description="Find candidate biomarkers inside foundation models.")
+    parser.add_argument("--version", action="version", version=f"bioviz {__version__}")
+    sub = parser.add_subcommands(dest="command")
+    sub.add_subcommand("extract", _stage_parser(extract, skip={"extra_manifest"}),
+                       help="run a model over a cohort and store layers' activations")
+    info = ArgumentParser(description="describe an activation store")
+    info.add_argument("store_path", type=str)
+    sub.add_subcommand("info", info, help="describe an activation store")
+    layers = ArgumentParser(description="list the hookable layers of an adapter's model")
+    layers.add_argument("--config", action=ActionConfigFile)
+    layers.add_argument("--seed", type=int, default=0)
+    layers.add_argument("--adapter", type=Adapter, required=True)
+    layers.add_argument("--max_depth", type=int | None, default=None)
+    sub.add_subcommand("layers", layers, help="list the hookable layers of an adapter's model")
+    return parser
+
+
+def _run(cmd: str, args: dict) -> None:
+    if cmd == "info":
+        from .store.info import describe
+
+        print(describe(args["store_path"]))
+    elif cmd == "extract":
+        from .extract import extract
+
+        print(extract(**args))
+    elif cmd == "layers":
+        from .hooks import layer_names
+
+        print("\n".join(layer_names(args["adapter"].model, args["max_depth"])))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    cmd = cfg.command
+    # seed first: models built from a config get reproducible random weights
+    torch.manual_seed(cfg[cmd].get("seed") or 0)
+    args = parser.instantiate_classes(cfg)[cmd]
+    _run(cmd, {k: v for k, v in dict(args).items() if k not in ("config", "seed", "__path__")})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from bioviz.adapters import TorchAdapter
+from jobs import Tokens, tiny_bert
+from torch import nn
+
+import bioviz as bv
+from bioviz.store import StoreError
+
+JOB = Path(__file__).with_name("jobs.py")
+
+
+def _extract(path, model=None, data=None, **kw):
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("chunk_rows", 50)
+    kw.setdefault("progress", False)
+    model = tiny_bert() if model is None else model
+    data = Tokens(40) if data is None else data
+    return bv.extract(TorchAdapter(model), data, kw.pop("layers", "encoder.layer.*"), path, **kw)
+
+
+def test_rows_match_the_model_token_by_token(tmp_path):
+    model, data = tiny_bert(), Tokens(12)
+    st = _extract(tmp_path / "s", model, data)
+    obs = st.obs
+    assert len(obs) == sum(int(data[i]["attention_mask"].sum()) for i in range(12))  # padding dropped
+    assert list(obs.columns[:3]) == ["age", "subject_id", "sample_id"] or {"subject_id", "sample_id", "token_index"} <= set(obs)
+    rows = st.array("encoder.layer.1")[:]
+    item = data[5]
+    with torch.no_grad():
+        ref = model(input_ids=item["input_ids"][None], attention_mask=item["attention_mask"][None],
+                    output_hidden_states=True).hidden_states[2][0]
+    sel = (obs["sample_id"] == "X0005").to_numpy()
+    np.testing.assert_allclose(rows[sel], ref[: sel.sum()].numpy(), atol=1e-5)
+    assert obs.loc[sel, "token_index"].tolist() == list(range(sel.sum()))
+    assert st.manifest["model"]["weights_blake2b"] and st.manifest["n_items"] == 12
+
+
+def test_finished_store_is_reused_and_other_config_refused(tmp_path):
+    _extract(tmp_path / "s")
+    stamp = (tmp_path / "s" / "manifest.json").stat().st_mtime_ns
+    _extract(tmp_path / "s")  # same configuration: nothing recomputed
+    assert (tmp_path / "s" / "manifest.json").stat().st_mtime_ns == stamp
+    with pytest.raises(StoreError, match=r"different configuration \(differs in: .*model\.weights_blake2b"):
+        _extract(tmp_path / "s", model=tiny_bert(seed=1))
+    _extract(tmp_path / "s", model=tiny_bert(seed=1), overwrite=True)
+    assert (tmp_path / "s" / "manifest.json").stat().st_mtime_ns != stamp
+
+
+def test_path_holding_something_else_is_refused(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "thesis.docx").write_text("precious")
+    with pytest.raises(StoreError, match="holds something else"):
+        _extract(tmp_path / "s")
+    assert (tmp_path / "s" / "thesis.docx").read_text() == "precious"
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        _extract(tmp_path / "f")
+
+
+def test_half_written_store_from_another_config_is_refused(tmp_path, monkeypatch, tree):
+    _fail_on_parquet_write(monkeypatch, after=2, err=RuntimeError("killed"))
+    with pytest.raises(RuntimeError, match="killed"):
+        _extract(tmp_path / "s")
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match=r"partial extraction .*differs in: layers"):
+        _extract(tmp_path / "s", layers="encoder.layer.0")
+    assert json.loads((tmp_path / "s" / "_progress.json").read_text())["n_chunks"] == 2  # kept
+
+
+def _fail_on_parquet_write(monkeypatch, after, err):
+    import bioviz.store.writer as w
+
+    real, calls = w.pq.write_table, {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise err
+        return real(*a, **k)
+
+    monkeypatch.setattr(w.pq, "write_table", flaky)
+
+
+def test_disk_full_keeps_committed_chunks_and_resumes_identically(tmp_path, monkeypatch, tree):
+    clean = _extract(tmp_path / "clean")
+    _fail_on_parquet_write(monkeypatch, after=3, err=OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(StoreError, match=r"disk full while writing chunk 3 .* 3 chunks committed"):
+        _extract(tmp_path / "s")
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "s" / "_progress.json").read_text())["committed_rows"] == 150
+    with pytest.raises(StoreError, match="unfinished extraction"):
+        bv.ActivationStore(tmp_path / "s")
+    _extract(tmp_path / "s")
+    assert tree(tmp_path / "s") == tree(clean.path)
+
+
+@pytest.mark.parametrize("policy", ["error", "drop"])
+def test_nonfinite_rows_error_or_drop(tmp_path, policy):
+    class Sqrt(nn.Module):  # NaN where an input is negative, as a real log/sqrt layer gives
+        def forward(self, x):
+            return torch.sqrt(x)
+
+    x = torch.rand(20, 3, generator=torch.Generator().manual_seed(0))
+    x[[3, 11], 0] = -1.0
+    data = [{"x": x[i], "subject_id": f"S{i}", "sample_id": f"X{i}"} for i in range(20)]
+    model = nn.Sequential(nn.Identity(), Sqrt())
+    if policy == "error":
+        with pytest.raises(StoreError, match=r"layer '1' .*NaN/Inf activations in 1 rows of batch 0 .*X3"):
+            bv.extract(TorchAdapter(model, input_key="x"), data, "1", tmp_path / "s", batch_size=8, progress=False)
+    else:
+        with pytest.warns(UserWarning, match="2 rows with NaN/Inf"):
+            st = bv.extract(TorchAdapter(model, input_key="x"), data, "1", tmp_path / "s", batch_size=8,
+                            progress=False, nonfinite="drop")
+        assert st.n_rows == 18 and st.manifest["dropped_nonfinite_rows"] == 2
+        assert "X3" not in set(st.obs["sample_id"]) and np.isfinite(st.array()[:]).all()
+
+
+def test_dtype_limits(tmp_path):
+    big = nn.Sequential(nn.Linear(3, 4))
+    with torch.no_grad():
+        big[0].weight.fill_(1e5)
+    data = [torch.ones(3)] * 4
+    with pytest.raises(StoreError, match=r"float16 cannot hold.*dtype='float32'"):
+        bv.extract(TorchAdapter(big), data, "0", tmp_path / "a", dtype="float16", progress=False)
+    with pytest.raises(StoreError, match=r"dtype='int8'.*float16 or float32"):
+        bv.extract(TorchAdapter(big), data, "0", tmp_path / "b", dtype="int8", progress=False)
+    emb = nn.Sequential(nn.Identity())
+    with pytest.raises(StoreError, match=r"layer '0' produces torch.int64"):
+        bv.extract(TorchAdapter(emb), [torch.arange(3)] * 2, "0", tmp_path / "c", progress=False)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="close matches: encoder.layer.0"):
+        _extract(tmp_path / "s", layers="encoder.layer0")
+    with pytest.raises(ValueError, match="nonfinite='skip'"):
+        _extract(tmp_path / "s", nonfinite="skip")
+    with pytest.raises(StoreError, match="data is empty"):
+        _extract(tmp_path / "s", data=Tokens(0))
+    with pytest.raises(TypeError, match="TorchAdapter"):
+        bv.extract(tiny_bert(), Tokens(2), "encoder", tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # nothing half-written by refused calls
+
+
+def test_obs_readable_without_bioviz(tmp_path):
+    import dask.array as da
+    import pandas as pd
+
+    st = _extract(tmp_path / "s", dtype="float16")
+    arr = da.from_zarr(str(tmp_path / "s" / "activations.zarr"), component="encoder.layer.0").compute()
+    np.testing.assert_array_equal(arr, st.array("encoder.layer.0")[:])
+    assert arr.dtype == np.float16 and arr.shape == (st.n_rows, 32)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "s" / "obs.parquet"), st.obs)
+    assert pq.ParquetFile(tmp_path / "s" / "obs.parquet").metadata.num_rows == st.n_rows
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_resumes_byte_identical(tmp_path, tree):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    clean = tmp_path / "clean"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(JOB), str(clean), "120"], check=True, env=env, capture_output=True)
+    duration = time.perf_counter() - t0
+    rng = random.Random(0)
+    s = tmp_path / "s"
+    killed = 0
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, str(JOB), str(s), "120"], stdout=subprocess.PIPE, env=env, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0, max(0.2, duration - 3.0)))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+    subprocess.run([sys.executable, str(JOB), str(s), "120"], check=True, env=env, capture_output=True)
+    assert killed >= 1
+    assert tree(s) == tree(clean)
