@@ -31,11 +31,15 @@ def build_parser() -> ArgumentParser:
     info = ArgumentParser(description="describe an activation store")
     info.add_argument("store_path", type=str)
     sub.add_subcommand("info", info, help="describe an activation store")
+    # takes the same config as extract, so a study's YAML answers "what can I hook?"
     layers = ArgumentParser(description="list the hookable layers of an adapter's model")
     layers.add_argument("--config", action=ActionConfigFile)
     layers.add_argument("--seed", type=int, default=0)
     layers.add_argument("--adapter", type=Adapter, required=True)
     layers.add_argument("--max_depth", type=int | None, default=None)
+    for name in ("data", "layers", "store_path", "batch_size", "chunk_rows", "dtype", "nonfinite",
+                 "inputs", "select", "num_workers", "accelerator", "overwrite", "progress", "compression"):
+        layers.add_argument(f"--{name}", type=object | None, default=None, help="(ignored: from an extract config)")
     sub.add_subcommand("layers", layers, help="list the hookable layers of an adapter's model")
     return parser
 

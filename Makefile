@@ -1,0 +1,27 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   installs bioviz into .venv and runs `bioviz demo` on the embedded data
+#   make test   installs bioviz with its test tools into .venv, lints, and runs the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+# torch: where no GPU is present take the CPU build this kind of machine keeps on disk
+# (torch==2.13.0); elsewhere any recent torch. Override with `make demo TORCH=...`.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.3" || echo "torch==2.13.0")
+PIP = $(VENV)/bin/pip
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+.PHONY: demo test bench
+demo: $(VENV)/.installed
+	$(VENV)/bin/bioviz demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/run.py
