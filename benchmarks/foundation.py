@@ -20,11 +20,11 @@ JOB = Path(__file__).with_name("foundation_job.py")
 
 def _bare_and_extract(tmp: Path) -> tuple[float, float]:
     import torch
+    from foundation_job import Tokens, bert
 
     import bioviz as bv
     from bioviz.adapters import TorchAdapter
-    from bioviz.extract import _Collate, _FixedBatches
-    from foundation_job import Tokens, bert
+    from bioviz.extract import _FixedBatches
 
     model, data = bert(hidden=256, layers=6), Tokens(192, length=128)
     adapter = TorchAdapter(model)

@@ -38,9 +38,8 @@ class Tokens(torch.utils.data.Dataset):
 
 
 if __name__ == "__main__":
-    from bioviz.adapters import TorchAdapter
-
     import bioviz as bv
+    from bioviz.adapters import TorchAdapter
 
     store, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 400
     model = tiny_bert(hidden=64, layers=3)

@@ -12,11 +12,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from bioviz.adapters import TorchAdapter
 from jobs import Tokens, tiny_bert
 from torch import nn
 
 import bioviz as bv
+from bioviz.adapters import TorchAdapter
 from bioviz.store import StoreError
 
 JOB = Path(__file__).with_name("jobs.py")
