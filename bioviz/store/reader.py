@@ -139,11 +139,13 @@ class ActivationStore:
 
     def iter_batches(self, layer: str | None = None, batch_size: int = 4096, *, shuffle: bool = True,
                      buffer_rows: int = 262_144, seed: int = 0, epoch: int = 0, rank: int = 0,
-                     world_size: int = 1, drop_last: bool = False) -> Iterator[np.ndarray]:
+                     world_size: int = 1, drop_last: bool = False,
+                     return_index: bool = False) -> Iterator:
         """Training batches. Shuffled at two levels — the order of chunks, then rows inside a
         buffer of about ``buffer_rows`` — so peak memory is set by the buffer, not by the
         store. Seeded by ``(seed, epoch)``. With ``world_size > 1`` each rank reads its own
-        chunks and every rank yields the same number of batches (as DDP needs)."""
+        chunks and every rank yields the same number of batches (as DDP needs).
+        ``return_index=True`` yields ``(rows, store row indices)``."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected a positive integer")
         arr = self.array(layer)
@@ -153,27 +155,44 @@ class ActivationStore:
         mine = [chunks[i] for i in order[rank::world_size]]
         limit = None
         if world_size > 1:
-            per_rank = [sum(chunks[i][1] - chunks[i][0] for i in order[r::world_size]) for r in range(world_size)]
-            limit = min(per_rank) // batch_size
-            if limit == 0:
+            limit = self._rank_rows(world_size) // batch_size
+            if limit <= 0:
                 raise ValueError(
                     f"batch_size={batch_size} is larger than the rows one of {world_size} ranks gets "
-                    f"({min(per_rank)}); use a smaller batch or fewer ranks"
+                    f"({self._rank_rows(world_size)}); use a smaller batch or fewer ranks"
                 )
         per_window = max(1, buffer_rows // self.chunk_rows)
         carry = np.empty((0, arr.shape[1]), dtype=arr.dtype)
+        carry_idx = np.empty(0, dtype=np.int64)
         yielded = 0
         for w in range(0, len(mine), per_window):
-            parts = [carry] + [arr[s:e] for s, e in mine[w:w + per_window]]
-            pool = np.concatenate(parts)
+            window = mine[w:w + per_window]
+            pool = np.concatenate([carry] + [arr[s:e] for s, e in window])
+            idx = np.concatenate([carry_idx] + [np.arange(s, e) for s, e in window])
             if shuffle:
-                pool = pool[rng.permutation(len(pool))]
+                perm = rng.permutation(len(pool))
+                pool, idx = pool[perm], idx[perm]
             n_full = len(pool) // batch_size
             for b in range(n_full):
                 if limit is not None and yielded >= limit:
                     return
-                yield pool[b * batch_size:(b + 1) * batch_size]
+                sl = slice(b * batch_size, (b + 1) * batch_size)
+                yield (pool[sl], idx[sl]) if return_index else pool[sl]
                 yielded += 1
-            carry = pool[n_full * batch_size:]
+            carry, carry_idx = pool[n_full * batch_size:], idx[n_full * batch_size:]
         if len(carry) and not drop_last and limit is None:
-            yield carry
+            yield (carry, carry_idx) if return_index else carry
+
+    def _rank_rows(self, world_size: int) -> int:
+        """Rows every rank is sure to get, whatever the chunk shuffle: each rank has at
+        least ``n_chunks // world_size`` chunks, at most one of them the short last one."""
+        chunks = self._chunks()
+        last = chunks[-1][1] - chunks[-1][0]
+        return max(0, (len(chunks) // world_size - 1) * self.chunk_rows + last)
+
+    def n_batches(self, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
+        """How many batches :meth:`iter_batches` yields per epoch (per rank)."""
+        if world_size > 1:
+            return self._rank_rows(world_size) // batch_size
+        full, rest = divmod(self.n_rows, batch_size)
+        return full + (1 if rest and not drop_last else 0)
