@@ -31,6 +31,15 @@ def build_parser() -> ArgumentParser:
     info = ArgumentParser(description="describe an activation store")
     info.add_argument("store_path", type=str)
     sub.add_subcommand("info", info, help="describe an activation store")
+    fit_help = ArgumentParser(description="train SAEs on a store: `bioviz fit --config STUDY.yaml` (LightningCLI)")
+    sub.add_subcommand("fit", fit_help, help="train sparse autoencoders (LightningCLI; see bioviz fit --help)")
+    enc = ArgumentParser(description="encode a store with a trained SAE into a FeatureTable (h5ad)")
+    enc.add_argument("sae", type=str, help="SAE directory (sae.safetensors + sae.json)")
+    enc.add_argument("store", type=str, help="activation store")
+    enc.add_argument("--out", type=str, required=True, help="FeatureTable .h5ad to write")
+    enc.add_argument("--layer", type=str | None, default=None)
+    enc.add_argument("--batch_size", type=int, default=8192)
+    sub.add_subcommand("encode", enc, help="encode a store with a trained SAE into a FeatureTable")
     # takes the same config as extract, so a study's YAML answers "what can I hook?"
     layers = ArgumentParser(description="list the hookable layers of an adapter's model")
     layers.add_argument("--config", action=ActionConfigFile)
@@ -53,13 +62,34 @@ def _run(cmd: str, args: dict) -> None:
         from .extract import extract
 
         print(extract(**args))
+    elif cmd == "encode":
+        from .features import encode
+
+        print(encode(args["sae"], args["store"], args["layer"], out=args["out"], batch_size=args["batch_size"]))
     elif cmd == "layers":
         from .hooks import layer_names
 
         print("\n".join(layer_names(args["adapter"].model, args["max_depth"])))
 
 
+def fit(argv: list[str]) -> None:
+    """``bioviz fit --config experiments/<study>.yaml``: LightningCLI over SAEModule and
+    ActivationDataModule (trainer, model and data sections, class_path/init_args)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from .sae.data import ActivationDataModule
+    from .sae.train import SAEModule
+
+    LightningCLI(SAEModule, ActivationDataModule, args=["fit", *argv], seed_everything_default=0,
+                 save_config_kwargs={"overwrite": True},
+                 trainer_defaults={"deterministic": True, "log_every_n_steps": 50})
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fit"]:  # Lightning's own CLI owns the trainer/model/data sections
+        fit(argv[1:])
+        return 0
     parser = build_parser()
     cfg = parser.parse_args(argv)
     cmd = cfg.command

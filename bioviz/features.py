@@ -1,0 +1,99 @@
+"""The FeatureTable: an AnnData with one row per activation row and one column per SAE
+feature (sparse codes), so scanpy works on it directly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from .sae import SparseAutoencoder, load_sae
+from .store import ActivationStore
+
+
+def encode(sae: SparseAutoencoder | str, store: ActivationStore | str, layer: str | None = None, *,
+           out: str | None = None, batch_size: int = 8192, progress: bool = True,
+           device: str | None = None) -> ad.AnnData:
+    """Stream ``store`` through ``sae`` into a FeatureTable.
+
+    ``obs`` is the store's obs; ``var`` has each feature's ``density`` (share of rows where it
+    fires), ``mean_activation`` and ``max_activation``; ``X`` is CSR float32; ``varm["decoder"]``
+    holds the decoder directions; ``uns["bioviz"]`` the SAE config and store provenance.
+    Activations are read one batch at a time; only the sparse codes are kept. With ``out``
+    the table is written as h5ad (to a temporary name, renamed when complete).
+    """
+    if not isinstance(store, ActivationStore):
+        store = ActivationStore(store)
+    layer = store._layer(layer)
+    if not isinstance(sae, SparseAutoencoder):
+        sae = load_sae(sae)
+    d = store.dim(layer)
+    if sae.d_in != d:
+        raise ValueError(
+            f"layer {layer!r} of {store.path} has d={d} but the SAE was trained on d_in={sae.d_in}; "
+            "encode with an SAE trained on this layer"
+        )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sae = sae.to(device).eval()
+    blocks, obs_parts = [], []
+    total = max_act = None
+    bar = tqdm(total=store.n_rows, unit="rows", desc="encode", disable=not progress)
+    with torch.inference_mode():
+        for _, rows, obs in store.iter_rows(layer, batch_size, with_obs=True):
+            x = torch.from_numpy(np.ascontiguousarray(rows)).to(device, torch.float32)
+            codes = sae.encode_sparse(x).to_scipy().astype(np.float32)
+            codes.eliminate_zeros()
+            blocks.append(sp.csr_matrix(codes))
+            obs_parts.append(obs)
+            col_sum = np.asarray(codes.sum(0)).ravel()
+            col_max = np.asarray(codes.max(0).todense()).ravel()
+            total = col_sum if total is None else total + col_sum
+            max_act = col_max if max_act is None else np.maximum(max_act, col_max)
+            bar.update(len(rows))
+    bar.close()
+    X = sp.vstack(blocks, format="csr")
+    fired = np.bincount(X.indices, minlength=sae.d_sae)
+    var = pd.DataFrame({
+        "density": fired / X.shape[0],
+        "mean_activation": total / X.shape[0],
+        "max_activation": max_act,
+    }, index=[f"f{i}" for i in range(sae.d_sae)])
+    obs = pd.concat(obs_parts, ignore_index=True)
+    obs.index = obs.index.astype(str)
+    for col in obs.columns:  # categorical ids: compact, and what scanpy colours by
+        if obs[col].dtype == object or str(obs[col].dtype).startswith("string"):
+            obs[col] = obs[col].astype("category")
+    ft = ad.AnnData(X=X, obs=obs, var=var)
+    ft.varm["decoder"] = sae.W_dec.detach().cpu().numpy()
+    ft.uns["bioviz"] = {"sae": _json_safe(sae.fitted_config().to_dict()), "layer": layer,
+                        "store": str(store.path), "store_n_rows": store.n_rows}
+    if out is not None:
+        write_h5ad(ft, out)
+    return ft
+
+
+def write_h5ad(adata: ad.AnnData, path) -> Path:
+    """Write to ``path`` atomically: a crash never leaves a file that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.h5ad")
+    adata.write_h5ad(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _json_safe(obj):
+    """uns must hold what h5ad can store: drop Nones, lists of dicts become dicts."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, (list, tuple)):
+        if obj and all(isinstance(v, dict) for v in obj):
+            return {str(i): _json_safe(v) for i, v in enumerate(obj)}
+        return [_json_safe(v) for v in obj]
+    return obj
