@@ -1,0 +1,163 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import bioviz as bv
+from bioviz.adapters import TorchAdapter
+from bioviz.sae import load_sae
+
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+def planted(n=12000, d=32, m=96, k=4, seed=0):
+    """Rows that are sparse sums of a planted unit-norm dictionary (the SAE's ideal case)."""
+    g = torch.Generator().manual_seed(seed)
+    dic = torch.randn(m, d, generator=g)
+    dic /= dic.norm(dim=1, keepdim=True)
+    codes = (torch.rand(n, m, generator=g) < k / m).float() * (1 + torch.rand(n, m, generator=g))
+    return codes @ dic, dic
+
+
+def make_store(path, x):
+    data = [{"x": x[i], "subject_id": f"S{i // 50}", "sample_id": f"X{i}"} for i in range(len(x))]
+    return bv.extract(TorchAdapter(nn.Sequential(nn.Identity()), input_key="x"), data, "0", path,
+                      batch_size=2000, chunk_rows=1000, progress=False)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    x, dic = planted()
+    st = make_store(tmp_path_factory.mktemp("sae") / "store", x)
+    st.planted = dic
+    return st
+
+
+def test_topk_learns_the_planted_dictionary_and_logs_metrics(store, tmp_path):
+    sae, = bv.train(store.path, max_steps=300, batch_size=500, output_dir=str(tmp_path / "sae"), k=8,
+                    expansion_factor=4, lr=3e-3, trainer={**QUIET, "log_every_n_steps": 20})
+    x = torch.from_numpy(store.array()[:2000])
+    with torch.no_grad():
+        fvu = float(((sae(x).x_hat - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    assert fvu < 0.2  # an untrained SAE is at ~1; superposition (96 atoms in 32 dims) sets the floor
+    # most planted atoms have a decoder row pointing the same way
+    cos = (store.planted @ sae.W_dec.detach().T).max(1).values
+    assert (cos > 0.9).float().mean() > 0.7
+    logs = pd.read_csv(next((tmp_path / "sae").rglob("metrics.csv")))
+    for col in ("fvu", "l0", "dead_fraction", "dense_fraction", "cosine", "l2_ratio", "auxk"):
+        assert f"topk/{col}" in logs, col
+    assert logs["topk/l0"].dropna().iloc[-1] <= 8
+    cfg = json.loads((tmp_path / "sae" / "topk" / "sae.json").read_text())
+    assert cfg["provenance"]["layer"] == "0" and cfg["training"]["steps"] == 300
+    assert cfg["provenance"]["store_manifest_blake2b"]
+
+
+def test_sweep_trains_several_saes_on_one_pass(store, tmp_path):
+    saes = bv.train(store.path, max_steps=30, batch_size=500, output_dir=str(tmp_path / "s"),
+                    architecture="batchtopk", expansion_factor=2, sweep=[{"k": 2}, {"k": 6}], trainer=QUIET)
+    assert [s.cfg.k for s in saes] == [2, 6]
+    assert all(s.cfg.inference_threshold is not None for s in saes)  # estimated while training
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith("batchtopk")) == ["batchtopk_k2", "batchtopk_k6"]
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu", "matryoshka"])
+def test_other_architectures_train(store, tmp_path, arch):
+    opts = {"matryoshka_prefixes": [16, 48, 96]} if arch == "matryoshka" else {}
+    sae, = bv.train(store.path, max_steps=100, batch_size=500, output_dir=str(tmp_path / arch), architecture=arch,
+                    expansion_factor=3, k=4, lr=3e-3, options=opts, sparsity_warmup_steps=20,
+                    trainer={**QUIET, "log_every_n_steps": 10})
+    fvu = pd.read_csv(next((tmp_path / arch).rglob("metrics.csv")))[f"{arch}/fvu"].dropna()
+    assert sae.architecture == arch and fvu.iloc[-1] < 0.7 * fvu.iloc[0]
+    if arch != "matryoshka":  # the sparsity coefficient was ramped up to its configured value
+        coef = "l1" if arch == "relu" else "l0_penalty"
+        assert pd.read_csv(next((tmp_path / arch).rglob("metrics.csv")))[f"{arch}/{coef}"].notna().any()
+
+
+def test_resume_from_checkpoint_matches_uninterrupted(store, tmp_path):
+    kw = dict(max_steps=40, batch_size=500, k=4, expansion_factor=2)
+    whole, = bv.train(store.path, output_dir=str(tmp_path / "whole"), trainer=QUIET, **kw)
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    class Crash(Callback):  # the run dies at step 27, as a killed job would
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 27:  # after the step-25 checkpoint (Lightning runs checkpointing last)
+                raise KeyboardInterrupt
+
+    ck = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=25, save_top_k=-1)
+    try:
+        bv.train(store.path, output_dir=str(tmp_path / "part"), trainer={**QUIET, "callbacks": [ck, Crash()]}, **kw)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    assert not (tmp_path / "part" / "topk").exists()  # no final artifact from a crashed run
+    ckpt = next((tmp_path / "ck").glob("*.ckpt"))
+    resumed, = bv.train(store.path, output_dir=str(tmp_path / "resumed"), trainer=QUIET, ckpt_path=str(ckpt), **kw)
+    torch.testing.assert_close(resumed.W_dec, whole.W_dec, rtol=0, atol=1e-5)
+    torch.testing.assert_close(resumed.norm_scale, whole.norm_scale)
+
+
+def test_nan_batch_stops_with_step_and_rows(tmp_path):
+    x, _ = planted(n=3000)
+    x[1234, 3] = float("nan")
+    make_store_nan = bv.extract(
+        TorchAdapter(nn.Sequential(nn.Identity()), input_key="x"),
+        [{"x": x[i]} for i in range(len(x))], "0", tmp_path / "st", batch_size=1000, chunk_rows=1000,
+        progress=False, nonfinite="error",
+    ) if False else None
+    assert make_store_nan is None
+    # the extractor refuses NaN, so write the NaN row into a finished store's array directly
+    st = make_store(tmp_path / "st", planted(n=3000)[0])
+    import zarr
+
+    arr = zarr.open_array(tmp_path / "st" / "activations.zarr" / "0", mode="r+")
+    row = arr[1234]
+    row[3] = np.nan
+    arr[1234] = row
+    with pytest.raises(ValueError, match=r"NaN/Inf in the training batch at step \d+: store rows 1234\.\.1234"):
+        bv.train(st.path, max_steps=20, batch_size=500, output_dir=str(tmp_path / "s"), k=4,
+                 expansion_factor=2, trainer=QUIET)
+
+
+def test_bad_settings_are_clear(store, tmp_path):
+    with pytest.raises(ValueError, match="k"):
+        bv.train(store.path, max_steps=2, output_dir=str(tmp_path / "a"), k=500, expansion_factor=2, trainer=QUIET)
+    with pytest.raises(ValueError, match="batch_size=99999 is larger than the 12000 rows"):
+        bv.train(store.path, max_steps=2, batch_size=99999, output_dir=str(tmp_path / "b"), trainer=QUIET)
+
+
+def test_encode_feature_table(store, tmp_path):
+    sae, = bv.train(store.path, max_steps=50, batch_size=500, output_dir=str(tmp_path / "s"), k=4,
+                    expansion_factor=2, trainer=QUIET)
+    ft = bv.encode(sae, store, out=str(tmp_path / "ft.h5ad"), batch_size=777, progress=False)
+    assert ft.shape == (store.n_rows, sae.d_sae) and ft.X.format == "csr"
+    x = torch.from_numpy(store.array()[:10])
+    with torch.no_grad():
+        np.testing.assert_allclose(ft.X[:10].toarray(), sae.encode(x).numpy(), atol=1e-5)
+    assert np.allclose(ft.var["density"], (ft.X > 0).mean(0).A1 if hasattr((ft.X > 0).mean(0), "A1") else np.asarray((ft.X > 0).mean(0)).ravel())
+    assert (ft.X.getnnz(axis=1) <= 4).all()
+    assert list(ft.obs["sample_id"][:3]) == ["X0", "X1", "X2"]
+    back = ad.read_h5ad(tmp_path / "ft.h5ad")
+    assert back.uns["bioviz"]["layer"] == "0" and back.varm["decoder"].shape == (sae.d_sae, 32)
+    other = make_store(tmp_path / "other", torch.randn(100, 8))
+    with pytest.raises(ValueError, match=r"has d=8 but the SAE was trained on d_in=32"):
+        bv.encode(sae, other, progress=False)
+
+
+def test_fit_cli_from_config(store, tmp_path):
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(f"""
+trainer: {{max_steps: 10, enable_progress_bar: false, default_root_dir: {tmp_path}/runs}}
+model: {{architecture: topk, expansion_factor: 2, k: 4, output_dir: {tmp_path}/sae}}
+data: {{store: {store.path}, batch_size: 400}}
+""")
+    r = subprocess.run([sys.executable, "-m", "bioviz.cli", "fit", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sae = load_sae(tmp_path / "sae" / "topk", expect_d_in=32)
+    assert sae.cfg.training["steps"] == 10
+    assert Path(tmp_path / "runs").exists()
