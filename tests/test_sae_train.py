@@ -103,15 +103,7 @@ def test_resume_from_checkpoint_matches_uninterrupted(store, tmp_path):
 
 
 def test_nan_batch_stops_with_step_and_rows(tmp_path):
-    x, _ = planted(n=3000)
-    x[1234, 3] = float("nan")
-    make_store_nan = bv.extract(
-        TorchAdapter(nn.Sequential(nn.Identity()), input_key="x"),
-        [{"x": x[i]} for i in range(len(x))], "0", tmp_path / "st", batch_size=1000, chunk_rows=1000,
-        progress=False, nonfinite="error",
-    ) if False else None
-    assert make_store_nan is None
-    # the extractor refuses NaN, so write the NaN row into a finished store's array directly
+    # extraction refuses NaN by default; a store edited (or written by other tools) may not
     st = make_store(tmp_path / "st", planted(n=3000)[0])
     import zarr
 
