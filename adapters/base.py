@@ -77,6 +77,30 @@ class Adapter(ABC):
         """Hookable module names; modality adapters list the useful ones first."""
         return [n for n, _ in self.model.named_modules() if n]
 
+    # -- what fidelity needs (bioviz.sae.fidelity) ------------------------------------------
+
+    def logits(self, output) -> torch.Tensor:
+        """The model's prediction tensor, class scores on the last axis (default: the
+        output's ``logits``, else the output rule of bioviz.hooks)."""
+        from bioviz.hooks import select_tensor
+
+        logits = getattr(output, "logits", None)
+        if logits is None and isinstance(output, dict):
+            logits = output.get("logits")
+        return logits if isinstance(logits, torch.Tensor) else select_tensor(output)
+
+    def positions(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
+        """Which positions of ``logits`` [B, T, C] count (padding does not); None: all."""
+        mask = batch.extra.get("mask")
+        return mask.bool() if mask is not None and logits.ndim == 3 else None
+
+    def task_loss(self, batch: Batch, output) -> torch.Tensor | None:
+        """The model's own training loss on this batch, if the adapter can form it (masked-LM
+        loss for MLM models); None when it cannot. Used for 'loss recovered'. Default: the
+        output's ``loss`` (Hugging Face models given ``labels``)."""
+        loss = getattr(output, "loss", None)
+        return loss if isinstance(loss, torch.Tensor) else None
+
     def data_fingerprint(self, batch: Batch):
         """What identifies a batch's data for the store's data checksum (default: its inputs)."""
         return batch.inputs

@@ -15,6 +15,7 @@ Pass ``select=`` (an int index or a key) to pick something else.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from collections.abc import Iterable, Mapping
@@ -141,6 +142,43 @@ class Capture:
 
     def clear(self) -> None:
         self._data = {}
+
+
+def replace_tensor(value, new: torch.Tensor, select: int | str | None = None):
+    """``value`` with the tensor that :func:`select_tensor` picks swapped for ``new``
+    (tuples, lists, dicts and ModelOutputs keep their other entries)."""
+    old = select_tensor(value, select)
+    if value is old:
+        return new
+    if isinstance(value, (tuple, list)):
+        items = [new if v is old else v for v in value]
+        return type(value)(items) if isinstance(value, list) else tuple(items)
+    if isinstance(value, Mapping):
+        out = copy.copy(value)  # ModelOutput subclasses keep their type
+        for k, v in value.items():
+            if v is old:
+                out[k] = new
+        return out
+    raise TypeError(f"cannot replace a tensor inside a {type(value).__name__}")
+
+
+@contextmanager
+def patch(model: nn.Module, layer: str, fn, *, select: int | str | None = None):
+    """Context manager: while active, ``layer``'s output tensor ``t`` is replaced by
+    ``fn(t)`` (splicing an SAE reconstruction or an ablation into the model)."""
+    names = resolve_layers(model, layer)
+    if len(names) != 1:
+        raise ValueError(f"patch needs exactly one layer; {layer!r} matches {names}")
+    module = dict(model.named_modules())[names[0]]
+
+    def hook(_m, _args, output):
+        return replace_tensor(output, fn(select_tensor(output, select)), select)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextmanager

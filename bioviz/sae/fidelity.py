@@ -1,0 +1,130 @@
+"""How much of the model's own behaviour survives when a layer is replaced by its SAE
+reconstruction, and how stable a dictionary is across seeds.
+
+Fidelity splices three versions of the hooked layer into the model, batch by batch:
+the SAE reconstruction, a mean ablation (every row replaced by the batch mean: the
+baseline that keeps nothing specific), and optionally the reconstruction plus the error
+term (which must give the clean model back: a check of the splice itself). It reports
+
+* ``kl_*``: mean KL(clean ‖ patched) of the model's output distributions per position;
+* ``top1_agreement_*``: share of positions whose arg-max prediction is unchanged;
+* ``kl_recovered`` = 1 − KL_sae / KL_ablated (1: as good as the clean model, 0: no better
+  than ablation);
+* with an adapter that forms its task loss (masked-LM loss for MLM models):
+  ``loss_recovered`` = (L_ablated − L_sae) / (L_ablated − L_clean).
+Segmentation heads are scored per voxel the same way (class scores on axis 1); adapters
+may add their own (Dice recovered) through ``task_loss``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..adapters.base import to_device
+from ..hooks import capture, patch
+from .base import SparseAutoencoder
+
+
+def _as_rows(t: torch.Tensor, d: int) -> tuple[torch.Tensor, callable]:
+    """View a layer output as [rows, d] and give back the inverse. Tokens: [..., d];
+    channels-first grids: [B, d, *space]."""
+    if t.shape[-1] == d:
+        return t.reshape(-1, d), lambda r: r.reshape(t.shape)
+    if t.ndim >= 3 and t.shape[1] == d:
+        moved = t.movedim(1, -1)
+        return moved.reshape(-1, d), lambda r: r.reshape(moved.shape).movedim(-1, 1)
+    raise ValueError(f"layer output of shape {tuple(t.shape)} has no axis of the SAE's size d_in={d}")
+
+
+def _variant(name: str, rows: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    if name == "sae":
+        return recon
+    if name == "ablated":
+        return rows.mean(0, keepdim=True).expand_as(rows)
+    return recon + (rows - recon)  # sae_plus_error: the clean activation, via the SAE
+
+
+def _class_last(logits: torch.Tensor) -> torch.Tensor:
+    # segmentation/voxel heads put classes on axis 1; move them last
+    return logits.movedim(1, -1) if logits.ndim >= 4 else logits
+
+
+@torch.inference_mode()
+def fidelity(adapter, data, layer: str, sae: SparseAutoencoder, *, batch_size: int = 16,
+             max_batches: int | None = None, with_error: bool = False, progress: bool = True) -> pd.Series:
+    """Splice ``sae`` into ``adapter``'s model at ``layer`` and score what is kept."""
+    from ..extract import _FixedBatches
+
+    model = adapter.model.eval()
+    device = next(model.parameters()).device
+    sae = sae.to(device).eval()
+    ds = adapter.dataset(data)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=_FixedBatches(len(ds), batch_size),
+                                         collate_fn=adapter.collate)
+    sums: dict[str, float] = {}
+    n_pos = 0
+    variants = ["sae", "ablated"] + (["sae_plus_error"] if with_error else [])
+    for b, batch in enumerate(tqdm(loader, desc="fidelity", disable=not progress, total=max_batches or len(loader))):
+        if max_batches is not None and b >= max_batches:
+            break
+        batch = to_device(batch, device)
+        with capture(model, layer) as cap:
+            clean_out = adapter.forward(batch)
+            act = cap.pop()[layer]
+        clean = _class_last(adapter.logits(clean_out)).float()
+        keep = adapter.positions(batch, adapter.logits(clean_out))
+        rows, back = _as_rows(act, sae.d_in)
+        recon = sae(rows).x_hat.to(act.dtype)
+        logp_clean = F.log_softmax(clean, -1)
+        sel = keep.reshape(-1) if keep is not None else None
+        n = int(sel.sum()) if sel is not None else logp_clean[..., 0].numel()
+        n_pos += n
+        losses = {"clean": adapter.task_loss(batch, clean_out)}
+        for name in variants:
+            new = back(_variant(name, rows, recon))
+            with patch(model, layer, lambda _t, new=new: new):
+                out = adapter.forward(batch)
+            logp = F.log_softmax(_class_last(adapter.logits(out)).float(), -1)
+            kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1).reshape(-1)
+            agree = (logp.argmax(-1) == logp_clean.argmax(-1)).reshape(-1).float()
+            if sel is not None:
+                kl, agree = kl[sel], agree[sel]
+            sums[f"kl_{name}"] = sums.get(f"kl_{name}", 0.0) + float(kl.sum())
+            sums[f"top1_agreement_{name}"] = sums.get(f"top1_agreement_{name}", 0.0) + float(agree.sum())
+            losses[name] = adapter.task_loss(batch, out)
+        if losses["clean"] is not None:
+            for name, v in losses.items():
+                sums[f"task_loss_{name}"] = sums.get(f"task_loss_{name}", 0.0) + float(v) * n
+    res = {k: v / max(n_pos, 1) for k, v in sums.items()}
+    res["kl_recovered"] = 1.0 - res["kl_sae"] / res["kl_ablated"] if res["kl_ablated"] > 0 else float("nan")
+    if "task_loss_clean" in res:
+        gap = res["task_loss_ablated"] - res["task_loss_clean"]
+        res["loss_recovered"] = (res["task_loss_ablated"] - res["task_loss_sae"]) / gap if gap > 0 else float("nan")
+    res["positions"] = n_pos
+    return pd.Series(res, name=f"{layer} ← {sae.architecture} SAE")
+
+
+def stability(a: SparseAutoencoder, b: SparseAutoencoder, threshold: float = 0.7) -> tuple[dict, pd.DataFrame]:
+    """Match the features of two SAEs (e.g. two seeds) one-to-one by decoder cosine
+    (Hungarian assignment) and report the share matched above ``threshold``.
+
+    Returns ``(summary, pairs)``: ``pairs`` is a tidy table (feature_a, feature_b, cosine).
+    The assignment is O(d_sae³): seconds at 4k features, minutes at 16k.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if a.d_in != b.d_in:
+        raise ValueError(f"the SAEs read different layers (d_in {a.d_in} vs {b.d_in})")
+    wa = F.normalize(a.W_dec.detach().double(), dim=1)
+    wb = F.normalize(b.W_dec.detach().double(), dim=1)
+    cos = (wa @ wb.T).cpu().numpy()
+    ia, ib = linear_sum_assignment(cos, maximize=True)
+    pairs = pd.DataFrame({"feature_a": ia, "feature_b": ib, "cosine": cos[ia, ib]})
+    summary = {"matched_fraction": float(np.mean(pairs["cosine"] >= threshold)),
+               "mean_cosine": float(pairs["cosine"].mean()), "threshold": threshold,
+               "n_features": int(min(a.d_sae, b.d_sae))}
+    return summary, pairs
