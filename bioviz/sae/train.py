@@ -31,7 +31,8 @@ class SAEModule(L.LightningModule):
         decay_fraction: the last fraction of ``max_steps`` decays the rate linearly to 0.
         sparsity_warmup_steps: the L1/L0 coefficient ramps linearly from 0 (relu, jumprelu).
         grad_clip: per-SAE gradient-norm clip (0 disables).
-        dead_window_rows: rows without firing after which a latent counts as dead.
+        dead_window_rows: rows without firing after which a latent counts as dead (default:
+            10M rows as in Gao et al., or one pass over a smaller store).
         resample_dead_every: resample dead latents every N steps (0: never; AuxK is the default cure).
         output_dir: where the final SAEs are written (safetensors + JSON), one folder each.
         seed: initial weights.
@@ -41,7 +42,7 @@ class SAEModule(L.LightningModule):
                  k: int = 32, sweep: list[dict] | None = None, options: dict | None = None,
                  lr: float | None = None, warmup_steps: int = 100, decay_fraction: float = 0.2,
                  sparsity_warmup_steps: int = 1000, grad_clip: float = 1.0,
-                 dead_window_rows: int = 10_000_000, resample_dead_every: int = 0,
+                 dead_window_rows: int | None = None, resample_dead_every: int = 0,
                  output_dir: str = "runs/sae", seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
@@ -50,10 +51,11 @@ class SAEModule(L.LightningModule):
 
     # -- building, once the data says what d_in is -------------------------------------
 
-    def configs(self, d_in: int) -> list[tuple[str, SAEConfig]]:
+    def configs(self, d_in: int, n_rows: int) -> list[tuple[str, SAEConfig]]:
         hp = self.hparams
+        window = hp.dead_window_rows or min(10_000_000, n_rows)
         base = {"architecture": hp.architecture, "d_in": d_in, "k": hp.k, "seed": hp.seed,
-                "dead_rows_threshold": hp.dead_window_rows, **(hp.options or {})}
+                "dead_rows_threshold": window, **(hp.options or {})}
         if hp.d_sae is not None:
             base["d_sae"] = hp.d_sae
         else:
@@ -69,7 +71,7 @@ class SAEModule(L.LightningModule):
         if len(self.saes):
             return
         dm = self.trainer.datamodule
-        for name, cfg in self.configs(dm.d_in):
+        for name, cfg in self.configs(dm.d_in, dm.store.n_rows):
             cfg.provenance = dm.provenance()
             self.names.append(name)
             self.saes.append(build_sae(cfg))
