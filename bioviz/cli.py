@@ -31,6 +31,10 @@ def build_parser() -> ArgumentParser:
     info = ArgumentParser(description="describe an activation store")
     info.add_argument("store_path", type=str)
     sub.add_subcommand("info", info, help="describe an activation store")
+    demo = ArgumentParser(description="run the embedded default study (pbmc68k + demo Geneformer) end to end")
+    demo.add_argument("--out", type=str, default="bioviz-demo", help="output folder")
+    demo.add_argument("--steps", type=int, default=600, help="SAE training steps")
+    sub.add_subcommand("demo", demo, help="run the embedded default study end to end")
     fit_help = ArgumentParser(description="train SAEs on a store: `bioviz fit --config STUDY.yaml` (LightningCLI)")
     sub.add_subcommand("fit", fit_help, help="train sparse autoencoders (LightningCLI; see bioviz fit --help)")
     enc = ArgumentParser(description="encode a store with a trained SAE into a FeatureTable (h5ad)")
@@ -62,6 +66,10 @@ def _run(cmd: str, args: dict) -> None:
         from .extract import extract
 
         print(extract(**args))
+    elif cmd == "demo":
+        from .demo import run
+
+        run(args["out"], steps=args["steps"])
     elif cmd == "encode":
         from .features import encode
 
