@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def run(out: str = "bioviz-demo", layer: str = "bert.encoder.layer.1", steps: int = 600,
-        expansion_factor: int = 8, k: int = 16, progress: bool = True) -> dict:
+        expansion_factor: int = 8, k: int = 16, cells: int | None = None, progress: bool = True) -> dict:
     """Run the demo study into ``out``; returns a summary (also written as ``summary.json``)."""
     import bioviz as bv
     from bioviz.adapters.singlecell_demo import demo_adapter, pbmc68k_counts
@@ -32,6 +32,8 @@ def run(out: str = "bioviz-demo", layer: str = "bert.encoder.layer.1", steps: in
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     adata = pbmc68k_counts()
+    if cells is not None:  # a quick look (and the test) on the first cells
+        adata = adata[:cells].copy()
     _say(f"cohort: {adata.n_obs} cells × {adata.n_vars} genes (scanpy pbmc68k_reduced, counts recovered)")
     adapter = demo_adapter(rows="gene", obs_columns=["bulk_labels"])
     store = bv.extract(adapter, adata, layer, out_dir / "store", batch_size=32, dtype="float16",
