@@ -2,5 +2,6 @@
 
 from .base import Adapter, Batch
 from .generic import TorchAdapter
+from .volume import VolumeAdapter
 
-__all__ = ["Adapter", "Batch", "TorchAdapter"]
+__all__ = ["Adapter", "Batch", "TorchAdapter", "VolumeAdapter"]

@@ -52,6 +52,10 @@ class Adapter(ABC):
     def collate(self, items: list) -> Batch:
         """Items to one :class:`Batch`."""
 
+    def prepare(self, layers: list[str], inputs: bool = False, select=None) -> None:
+        """Told which layers extraction captures, before the first batch: adapters that run
+        the model several times per batch (sliding windows) need to know. Default: nothing."""
+
     def forward(self, batch: Batch):
         """Run the model on a batch (hooks record what the layers compute)."""
         inputs = batch.inputs

@@ -198,6 +198,7 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
     names = resolve_layers(adapter.model, layers)
+    adapter.prepare(names, inputs=inputs, select=select)
     dataset = adapter.dataset(data)
     n_items = len(dataset)
     if n_items == 0:

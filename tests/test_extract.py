@@ -187,3 +187,10 @@ def test_sigkill_at_random_moments_resumes_byte_identical(tmp_path, tree):
     subprocess.run([sys.executable, str(JOB), str(s), "120"], check=True, env=env, capture_output=True)
     assert killed >= 1
     assert tree(s) == tree(clean)
+
+
+def test_models_with_batchnorm_buffers(tmp_path):
+    # BatchNorm's 0-d num_batches_tracked buffer must not break the weights checksum
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+    st = bv.extract(TorchAdapter(model), [torch.ones(3)] * 5, "1", tmp_path / "s", progress=False)
+    assert st.n_rows == 5 and len(st.manifest["model"]["weights_blake2b"]) == 32

@@ -1,0 +1,31 @@
+"""The 3D-scan adapter: MONAI networks over NIfTI/DICOM cohorts, with rows placed on the
+scan (voxel and world coordinates) and features mapped back onto the original scan.
+
+One module per thing it owns: ``cohort`` (the manifest), ``io`` (reading and checking a
+scan), ``preprocess`` (MONAI transform chains and their inverse), ``networks`` (MONAI
+networks, weights, bundles, hook points), ``windows`` (sliding windows that stitch hooked
+layers), ``adapter`` (:class:`VolumeAdapter`), ``maps`` and ``montage`` (the reverse path),
+``agreement`` (maps against ground-truth masks), ``demo`` (the shipped demo model).
+"""
+
+from .adapter import VolumeAdapter
+from .agreement import map_agreement
+from .cohort import Cohort, CohortError, Scan
+from .demo import demo_adapter, demo_bundle_path
+from .io import ScanError, load_scan
+from .montage import montage
+from .networks import (
+    WeightsError,
+    WeightsReport,
+    build_network,
+    hook_points,
+    load_weights,
+    read_bundle,
+)
+from .preprocess import PRESETS, PreprocessError
+
+__all__ = [
+    "VolumeAdapter", "Cohort", "CohortError", "Scan", "ScanError", "load_scan", "map_agreement",
+    "montage", "build_network", "hook_points", "load_weights", "read_bundle", "WeightsError",
+    "WeightsReport", "PRESETS", "PreprocessError", "demo_adapter", "demo_bundle_path",
+]
