@@ -15,11 +15,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
+# A second interpreter with transformers<5 runs AntiBERTy's own code, the reference that the
+# real-weights test compares bioviz's activations with (antiberty 0.1.3 needs transformers<5;
+# kept apart so users are not held to it).
+VENV_AB ?= .venv-antiberty
+$(VENV_AB)/.installed:
+	test -x $(VENV_AB)/bin/python || $(PYTHON) -m venv $(VENV_AB)
+	$(VENV_AB)/bin/python -c "import torch" 2>/dev/null || $(VENV_AB)/bin/pip install -q "$(TORCH)"
+	$(VENV_AB)/bin/pip install -q "transformers==4.56.2" "antiberty==0.1.3" numpy
+	touch $@
+
 .PHONY: demo test bench
 demo: $(VENV)/.installed
 	$(VENV)/bin/bioviz demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VENV_AB)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 

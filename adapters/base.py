@@ -55,6 +55,7 @@ class Adapter(ABC):
     def prepare(self, layers: list[str], inputs: bool = False, select=None) -> None:
         """Told which layers extraction captures, before the first batch: adapters that run
         the model several times per batch (sliding windows) need to know. Default: nothing."""
+        return None
 
     def forward(self, batch: Batch):
         """Run the model on a batch (hooks record what the layers compute)."""
