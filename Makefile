@@ -25,11 +25,20 @@ $(VENV_AB)/.installed:
 	$(VENV_AB)/bin/pip install -q "transformers==4.56.2" "antiberty==0.1.3" numpy
 	touch $@
 
+# enformer-pytorch 0.8.12 pins transformers==4.56.2 but runs under transformers 5: install it
+# and what it imports without letting pip downgrade transformers (users: the same line).
+ENFORMER = enformer-pytorch==0.8.12 discrete-key-value-bottleneck-pytorch==0.1.1 \
+	vector-quantize-pytorch==1.32.0 einx==0.4.3 frozendict==2.5.1 loguru==0.7.3 \
+	torch-einops-utils==0.2.0 polars==2.1.0 polars-runtime-32==2.1.0 pyfaidx==0.9.2.2
+$(VENV)/.enformer: $(VENV)/.installed
+	$(PIP) install -q --no-deps $(ENFORMER)
+	touch $@
+
 .PHONY: demo test bench
 demo: $(VENV)/.installed
 	$(VENV)/bin/bioviz demo
 
-test: $(VENV)/.installed $(VENV_AB)/.installed
+test: $(VENV)/.installed $(VENV)/.enformer $(VENV_AB)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
