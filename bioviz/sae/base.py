@@ -106,6 +106,26 @@ def geometric_median(points: Tensor, max_iter: int = 100, tol: float = 1e-6) -> 
     return y.to(points.dtype)
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_ranks(fired: Tensor, n: int) -> tuple[Tensor, int]:
+    """Under DDP every rank must judge deadness alike (AuxK uses the mask): count the rows
+    and firings of all ranks."""
+    if not _distributed():
+        return fired, n
+    import torch.distributed as dist
+
+    f = fired.to(torch.int32)
+    dist.all_reduce(f, op=dist.ReduceOp.MAX)
+    total = torch.tensor([n], dtype=torch.int64, device=fired.device)
+    dist.all_reduce(total)
+    return f.bool(), int(total)
+
+
 class SparseAutoencoder(nn.Module):
     """Base class. Subclasses implement ``_encode`` (and optionally ``_penalties``,
     ``_reconstruction_loss``, ``_after_train_forward``) and register with ``@register``."""
@@ -326,6 +346,7 @@ class SparseAutoencoder(nn.Module):
             fired, n = codes.fired(), codes.n_rows
         else:
             fired, n = (codes > 0).any(dim=0), codes.shape[0]
+        fired, n = _all_ranks(fired, n)
         self.rows_since_fired += n
         self.rows_since_fired[fired] = 0
 

@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .base import SparseAutoencoder, register
+from .base import SparseAutoencoder, _distributed, register
 from .sparse import SparseCodes, batch_topk, gather_preacts
 
 
@@ -88,6 +88,10 @@ class BatchTopKSAE(_TopKFamily):
         if positive.numel() == 0:
             return
         smallest = positive.min().to(self.threshold.dtype)
+        if _distributed():  # one threshold for all ranks: the smallest kept value anywhere
+            import torch.distributed as dist
+
+            dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
         if self.threshold < 0:
             self.threshold.copy_(smallest)
         else:

@@ -149,6 +149,8 @@ class SAEModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             self.export(self.hparams.output_dir)
+        # every rank may read the artifact next (bioviz.train does): wait until it is written
+        self.trainer.strategy.barrier("bioviz-sae-export")
 
     def export(self, output_dir) -> list[Path]:
         """Write every SAE as safetensors + JSON (architecture, dims, k/thresholds,
