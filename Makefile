@@ -42,5 +42,8 @@ test: $(VENV)/.installed $(VENV)/.enformer $(VENV_AB)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(VENV)/.enformer
+	$(PIP) install -q -e ".[dev,bench]"
+	# dictionary-learning's own pins would replace torch with a CUDA build: no deps
+	$(PIP) install -q --no-deps dictionary-learning==0.1.0
 	$(VENV)/bin/python benchmarks/run.py

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import resource
 import sys
 
 import torch
@@ -51,4 +50,6 @@ if __name__ == "__main__":
     print("ready", flush=True)
     bv.extract(TorchAdapter(model), data, layer, store, batch_size=16, chunk_rows=2048, progress=False)
     if mode == "rss":
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        # VmHWM is this process's own peak; ru_maxrss would inherit the parent's at exec
+        with open("/proc/self/status") as f:
+            print(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024)
