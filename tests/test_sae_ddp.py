@@ -42,7 +42,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     x, dic = planted(n=N_TRAIN + 4000)
     store = make_store(tmp / "store", x[:N_TRAIN])
-    env = {**os.environ, "BIOVIZ_TEST_SLOW_EXPORT": "3"}  # rank 0 exports late (see the xfail below)
+    env = {**os.environ, "BIOVIZ_TEST_SLOW_EXPORT": "3"}  # rank 0 exports late: the others must wait
     r = subprocess.run([sys.executable, str(JOB), str(store.path), str(tmp / "ddp"), "2", str(STEPS), str(BATCH // 2)],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -100,6 +100,8 @@ def test_ddp_matches_single_process_bioviz_train(runs):
 
 
 def test_dead_latent_bookkeeping_is_global(runs):
+    """Each rank sees only its own rows: without an all-reduce each counts its own rows and
+    firings (steps of 250 here) and the ranks judge different latents dead."""
     r0, r1 = runs.ranks
     # every rank must judge deadness alike (AuxK uses the mask), counting the rows of all ranks
     assert np.array_equal(r0["rows_since_fired"], r1["rows_since_fired"])
@@ -107,6 +109,9 @@ def test_dead_latent_bookkeeping_is_global(runs):
 
 
 def test_every_rank_gets_the_trained_sae_back(runs):
+    """bioviz.train loads the export back on every rank, and rank 0 writes it (3 s late here):
+    without a barrier after the export, rank 1 finds no sae.json (and, exiting non-zero, makes
+    Lightning kill rank 0)."""
     assert (runs.tmp / "ddp" / "loaded0.txt").exists()
     failed = runs.tmp / "ddp" / "failed1.txt"
     assert not failed.exists(), failed.read_text()
