@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/jobs.py: shared small models and datasets
 
@@ -14,3 +15,13 @@ def tree_bytes(path: Path) -> dict[str, bytes]:
 @pytest.fixture
 def tree():
     return tree_bytes
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors on two shared cores: one torch thread avoids a handoff per op that costs
+    more than the op. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

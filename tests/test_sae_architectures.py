@@ -11,14 +11,7 @@ from bioviz.sae.sparse import SparseCodes, batch_topk
 D_IN, D_SAE, K = 16, 64, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: with two threads each op pays a thread handoff that costs
-    # more than the op (20x slower on a busy 2-core machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(arch, **kw):

@@ -8,15 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from bioviz.sae import ARCHITECTURES, SAEConfig, build_sae, load_sae
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: with two threads each op pays a thread handoff that costs
-    # more than the op (20x slower on a busy 2-core machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained(arch, **kw):

@@ -11,21 +11,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import pytest
-import torch
 
 SEGRESNET = {"class_path": "monai.networks.nets.SegResNet",
              "init_args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 8,
                            "blocks_down": [1, 1, 1], "blocks_up": [1, 1]}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small 3D convolutions on two shared cores run faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def mni(resolution_mm: float = 4.0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,10 +4,11 @@ import nibabel as nib
 import pandas as pd
 import pytest
 import torch
-from test_volume_common import one_thread  # noqa: F401
 
 from bioviz.adapters.volume import demo_adapter, demo_bundle_path
 from bioviz.cohorts import make_brain_cohort
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _files(folder):

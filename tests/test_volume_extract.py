@@ -1,12 +1,15 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-from test_volume_common import SEGRESNET, one_thread, write_cohort  # noqa: F401
+from test_volume_common import SEGRESNET, write_cohort
 
 import bioviz as bv
 from bioviz.adapters.volume import VolumeAdapter, build_network
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PRE = {"preset": "mri", "pixdim": [6, 6, 6]}
 

@@ -10,11 +10,13 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from test_volume_common import SEGRESNET, one_thread, write_cohort  # noqa: F401
+from test_volume_common import SEGRESNET, write_cohort
 
 import bioviz as bv
 from bioviz.adapters.volume import ScanError, VolumeAdapter, load_scan
 from bioviz.adapters.volume.io import check_same_grid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dicom_series(folder, n=5, uid=None, start=0):

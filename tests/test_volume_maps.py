@@ -2,10 +2,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from test_volume_common import SEGRESNET, las_anatomical, oblique_mni, one_thread, write_cohort  # noqa: F401
+from test_volume_common import SEGRESNET, las_anatomical, oblique_mni, write_cohort
 
 import bioviz as bv
 from bioviz.adapters.volume import VolumeAdapter, map_agreement
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _round_trip(tmp_path, **adapter_kw):

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_volume_common import SEGRESNET, one_thread  # noqa: F401
+from test_volume_common import SEGRESNET
 
 from bioviz.adapters.volume import (
     PreprocessError,
@@ -15,6 +15,8 @@ from bioviz.adapters.volume import (
 )
 from bioviz.adapters.volume.networks import default_divisor, tokens_to_grid
 from bioviz.hooks import capture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NETS = {
     "SwinUNETR": ({"in_channels": 1, "out_channels": 2, "feature_size": 12, "depths": [1, 1, 1, 1],
