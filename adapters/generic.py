@@ -53,7 +53,8 @@ class TorchAdapter(Adapter):
         weights: str | None = None,
     ):
         """``weights``: a local ``.safetensors`` or state-dict file loaded into ``model``
-        (``module.`` prefixes stripped; any missing or unexpected key is an error)."""
+        (wrapper prefixes such as ``module.`` stripped; a missing, unexpected or misshapen
+        key is an error naming the file and the keys)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if weights is not None:

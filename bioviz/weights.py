@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+# prefixes that wrappers put on every key: DDP, backbone extractors, Lightning modules
+STRIP_PREFIXES = ("module.", "backbone.", "model.", "net.")
+HARMLESS_MISSING = ("num_batches_tracked",)  # BatchNorm counters older checkpoints lack
 
 
 def read_state_dict(path, strip_prefixes: Iterable[str] = ("module.",)) -> dict[str, torch.Tensor]:
@@ -43,26 +48,71 @@ def read_state_dict(path, strip_prefixes: Iterable[str] = ("module.",)) -> dict[
     return state
 
 
-def load_weights(model: nn.Module, path, strip_prefixes: Iterable[str] = ("module.",),
-                 allow_missing: Iterable[str] = ()) -> nn.Module:
-    """Load ``path`` into ``model``; a mismatch is a ``ValueError`` that lists missing and
-    unexpected keys and shape conflicts. ``allow_missing`` names keys (prefixes) that may
-    stay at their initial values (a task head the checkpoint never had)."""
-    state = read_state_dict(path, strip_prefixes)
-    own = model.state_dict()
-    allow = tuple(allow_missing)
-    missing = [k for k in own if k not in state and not k.startswith(allow or ("\0",))]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def few(xs):
-            return ", ".join(xs[:8]) + (f" (+{len(xs) - 8} more)" if len(xs) > 8 else "")
+class WeightsError(ValueError):
+    """A checkpoint that does not fit the network (names the file and the keys)."""
 
-        parts = [f"missing keys: {few(missing)}" if missing else "",
-                 f"unexpected keys: {few(unexpected)}" if unexpected else "",
-                 f"shape mismatches: {few(shapes)}" if shapes else ""]
-        raise ValueError(f"{path} does not match {type(model).__name__}: "
-                         + "; ".join(p for p in parts if p))
-    model.load_state_dict(state, strict=False)
-    return model
+
+@dataclass
+class WeightsReport:
+    """What loading a checkpoint did: loaded keys and every key that did not line up."""
+
+    path: str
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    tolerated: list[str] = field(default_factory=list)  # missing, but harmless or allowed
+
+    def problems(self) -> str:
+        parts = []
+        for what in ("missing", "unexpected", "mismatched", "tolerated"):
+            keys = getattr(self, what)
+            if keys:
+                parts.append(f"{what} ({len(keys)}): {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else ""))
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.path}: loaded {self.loaded} tensors" + (f"; {self.problems()}" if self.problems() else "")
+
+
+def load_weights(model: nn.Module, path, *, strip_prefixes=STRIP_PREFIXES, allow_missing=(),
+                 allow_unexpected=()) -> WeightsReport:
+    """Load a ``.safetensors`` or state-dict file (``torch.load(weights_only=True)``) into
+    ``model``. A prefix that every key carries (``module.``, ``backbone.``) is stripped.
+    Missing, unexpected or wrongly shaped keys raise :class:`WeightsError`, except keys under
+    ``allow_missing`` / ``allow_unexpected`` prefixes (a head the checkpoint never had, a
+    projection head it has and the network does not) and BatchNorm counters."""
+    state = read_state_dict(path, ())
+    state = _strip(state, tuple(strip_prefixes), model.state_dict())
+    own = model.state_dict()
+    report = WeightsReport(str(path), 0)
+    for k in own:
+        if k not in state:
+            ok = k.endswith(HARMLESS_MISSING) or k.startswith(tuple(allow_missing) or ("\0",))
+            (report.tolerated if ok else report.missing).append(k)
+    for k, v in state.items():
+        if k not in own:
+            if not k.startswith(tuple(allow_unexpected) or ("\0",)):
+                report.unexpected.append(k)
+        elif tuple(v.shape) != tuple(own[k].shape):
+            report.mismatched.append(f"{k} file {tuple(v.shape)} vs network {tuple(own[k].shape)}")
+    if report.missing or report.unexpected or report.mismatched:
+        raise WeightsError(f"{path} does not match {type(model).__name__}: {report.problems()}")
+    usable = {k: v for k, v in state.items() if k in own}
+    model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    return report
+
+
+def _strip(state: dict, prefixes: tuple, own: dict) -> dict:
+    # strip repeatedly (``module.backbone.``), a prefix every key shares, and only when
+    # stripping makes more keys line up (UNet's own names start with ``model.``)
+    changed = True
+    while changed and state:
+        changed = False
+        for p in prefixes:
+            if all(k.startswith(p) for k in state):
+                stripped = {k[len(p):]: v for k, v in state.items()}
+                if len(own.keys() & stripped.keys()) > len(own.keys() & state.keys()):
+                    state, changed = stripped, True
+    return state

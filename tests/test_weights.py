@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bioviz.adapters import TorchAdapter
-from bioviz.weights import load_weights
+from bioviz.weights import WeightsError, load_weights
 
 
 def _net(seed=0):
@@ -17,8 +17,10 @@ def _net(seed=0):
 def test_safetensors_and_wrapped_ddp_state_dict_load(tmp_path):
     src = _net(1)
     save_file(src.state_dict(), tmp_path / "w.safetensors")
-    got = load_weights(_net(0), tmp_path / "w.safetensors")
+    got = _net(0)
+    report = load_weights(got, tmp_path / "w.safetensors")
     torch.testing.assert_close(got[0].weight, src[0].weight)
+    assert report.loaded == 4 and not report.missing
     torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "w.pt")
     adapter = TorchAdapter(_net(0), weights=str(tmp_path / "w.pt"))
     torch.testing.assert_close(adapter.model[2].bias, src[2].bias)
@@ -30,7 +32,7 @@ def test_mismatch_and_missing_file_are_clear(tmp_path):
     del state["0.bias"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match=r"missing keys: 0\.bias; unexpected keys: extra\.weight; shape mismatches: 2\.weight"):
+    with pytest.raises(WeightsError, match=r"missing \(1\): 0\.bias; unexpected \(1\): extra\.weight; mismatched \(1\): 2\.weight file \(5, 3\) vs network \(2, 3\)"):
         load_weights(_net(), tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         load_weights(_net(), tmp_path / "nope.safetensors")

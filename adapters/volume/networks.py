@@ -7,20 +7,18 @@ from __future__ import annotations
 import ast
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from bioviz.weights import STRIP_PREFIXES, WeightsError, WeightsReport, load_weights  # noqa: F401
+
 #: prefixes that wrappers add to parameter names (DDP, self-supervised backbones, Lightning)
-STRIP_PREFIXES = ("module.", "backbone.", "model.", "net.")
 #: keys a checkpoint may lack without it being a real mismatch (older torch BatchNorm)
-HARMLESS_MISSING = ("num_batches_tracked",)
 
 
-class WeightsError(ValueError):
-    """A checkpoint that does not fit the network (names the file and the keys)."""
 
 
 def build_network(spec) -> nn.Module:
@@ -63,74 +61,6 @@ def _network_class(name: str):
         raise ValueError(f"network {name!r} is not a class in monai.networks.nets; pass an nn.Module "
                          "instance for other models")
     return cls
-
-
-@dataclass
-class WeightsReport:
-    """What loading a checkpoint did: loaded keys and every key that did not line up."""
-
-    path: str
-    loaded: int
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)
-    tolerated: list[str] = field(default_factory=list)  # missing, but harmless or allowed
-
-    def problems(self) -> str:
-        parts = []
-        for what in ("missing", "unexpected", "mismatched", "tolerated"):
-            keys = getattr(self, what)
-            if keys:
-                parts.append(f"{what} ({len(keys)}): {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else ""))
-        return "; ".join(parts)
-
-    def __str__(self) -> str:
-        return f"{self.path}: loaded {self.loaded} tensors" + (f"; {self.problems()}" if self.problems() else "")
-
-
-def load_weights(model: nn.Module, path, *, strip_prefixes=STRIP_PREFIXES, allow_missing=(),
-                 allow_unexpected=()) -> WeightsReport:
-    """Load a ``.safetensors`` or state-dict file (``torch.load(weights_only=True)``) into
-    ``model``. A prefix that every key carries (``module.``, ``backbone.``) is stripped.
-    Missing, unexpected or wrongly shaped keys raise :class:`WeightsError`, except keys under
-    ``allow_missing`` / ``allow_unexpected`` prefixes (a head the checkpoint never had, a
-    projection head it has and the network does not) and BatchNorm counters."""
-    from bioviz.weights import read_state_dict
-
-    state = read_state_dict(path, ())
-    state = _strip(state, tuple(strip_prefixes), model.state_dict())
-    own = model.state_dict()
-    report = WeightsReport(str(path), 0)
-    for k in own:
-        if k not in state:
-            ok = k.endswith(HARMLESS_MISSING) or k.startswith(tuple(allow_missing) or ("\0",))
-            (report.tolerated if ok else report.missing).append(k)
-    for k, v in state.items():
-        if k not in own:
-            if not k.startswith(tuple(allow_unexpected) or ("\0",)):
-                report.unexpected.append(k)
-        elif tuple(v.shape) != tuple(own[k].shape):
-            report.mismatched.append(f"{k} file {tuple(v.shape)} vs network {tuple(own[k].shape)}")
-    if report.missing or report.unexpected or report.mismatched:
-        raise WeightsError(f"{path} does not match {type(model).__name__}: {report.problems()}")
-    usable = {k: v for k, v in state.items() if k in own}
-    model.load_state_dict(usable, strict=False)
-    report.loaded = len(usable)
-    return report
-
-
-def _strip(state: dict, prefixes: tuple, own: dict) -> dict:
-    # strip repeatedly (``module.backbone.``), a prefix every key shares, and only when
-    # stripping makes more keys line up (UNet's own names start with ``model.``)
-    changed = True
-    while changed and state:
-        changed = False
-        for p in prefixes:
-            if all(k.startswith(p) for k in state):
-                stripped = {k[len(p):]: v for k, v in state.items()}
-                if len(own.keys() & stripped.keys()) > len(own.keys() & state.keys()):
-                    state, changed = stripped, True
-    return state
 
 
 # -- MONAI bundles ---------------------------------------------------------------------------
