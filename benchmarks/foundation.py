@@ -24,14 +24,14 @@ def _bare_and_extract(tmp: Path) -> tuple[float, float]:
 
     import bioviz as bv
     from bioviz.adapters import TorchAdapter
-    from bioviz.extract import _FixedBatches
+    from bioviz.extract import FixedBatches
 
     model, data = bert(hidden=256, layers=6), Tokens(192, length=128)
     adapter = TorchAdapter(model)
 
     def bare() -> float:
         # the same batches through the same loader, forward only
-        loader = torch.utils.data.DataLoader(adapter.dataset(data), batch_sampler=_FixedBatches(len(data), 32),
+        loader = torch.utils.data.DataLoader(adapter.dataset(data), batch_sampler=FixedBatches(len(data), 32),
                                              collate_fn=adapter.collate)
         t = time.perf_counter()
         with torch.inference_mode():

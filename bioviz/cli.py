@@ -9,7 +9,6 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from . import __version__
-from .adapters.base import Adapter
 
 
 def _stage_parser(fn, skip=()) -> ArgumentParser:
@@ -45,14 +44,8 @@ def build_parser() -> ArgumentParser:
     enc.add_argument("--batch_size", type=int, default=8192)
     sub.add_subcommand("encode", enc, help="encode a store with a trained SAE into a FeatureTable")
     # takes the same config as extract, so a study's YAML answers "what can I hook?"
-    layers = ArgumentParser(description="list the hookable layers of an adapter's model")
-    layers.add_argument("--config", action=ActionConfigFile)
-    layers.add_argument("--seed", type=int, default=0)
-    layers.add_argument("--adapter", type=Adapter, required=True)
+    layers = _stage_parser(extract, skip={"extra_manifest"})
     layers.add_argument("--max_depth", type=int | None, default=None)
-    for name in ("data", "layers", "store_path", "batch_size", "chunk_rows", "dtype", "nonfinite",
-                 "inputs", "select", "num_workers", "accelerator", "overwrite", "progress", "compression"):
-        layers.add_argument(f"--{name}", type=object | None, default=None, help="(ignored: from an extract config)")
     sub.add_subcommand("layers", layers, help="list the hookable layers of an adapter's model")
     return parser
 

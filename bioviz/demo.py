@@ -26,6 +26,7 @@ def run(out: str = "bioviz-demo", layer: str = "bert.encoder.layer.1", steps: in
     """Run the demo study into ``out``; returns a summary (also written as ``summary.json``)."""
     import bioviz as bv
     from bioviz.adapters.singlecell_demo import demo_adapter, pbmc68k_counts
+    from bioviz.sae import fraction_of_variance_unexplained
     from bioviz.sae.fidelity import fidelity
 
     out_dir = Path(out)
@@ -53,7 +54,7 @@ def run(out: str = "bioviz-demo", layer: str = "bert.encoder.layer.1", steps: in
 
     with torch.no_grad():
         xt = torch.from_numpy(x)
-        fvu = float(((sae(xt).x_hat - xt) ** 2).sum() / ((xt - xt.mean(0)) ** 2).sum())
+        fvu = float(fraction_of_variance_unexplained(xt, sae(xt).x_hat))
     summary = {
         "cells": int(adata.n_obs), "rows": int(store.n_rows), "layer": layer, "d_in": sae.d_in,
         "features": sae.d_sae, "k": k, "fvu": fvu,

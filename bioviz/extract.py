@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 NONFINITE = ("error", "drop")
 
 
-class _FixedBatches(torch.utils.data.Sampler):
+class FixedBatches(torch.utils.data.Sampler):
     """Batch ``b`` is always items ``[b*size, (b+1)*size)``, so a resumed run sees the same
     batches (and the same numerics) as an uninterrupted one."""
 
@@ -79,12 +79,12 @@ class _Extractor(L.LightningModule):
         with capture(self.net, self.layers, inputs=self.inputs, select=self.select) as cap:
             self.adapter.forward(batch)
             acts = cap.pop()
-        rows, obs = self._rows(acts, batch, index)
+        rows, obs, dropped = self._rows(acts, batch, index)
         before = dict(self.state)
         self.state = {
             "data_checksum": chain(self.state["data_checksum"], checksum),
             "items": self.state["items"] + len(batch),
-            "dropped_nonfinite": self.state["dropped_nonfinite"] + self._dropped,
+            "dropped_nonfinite": self.state["dropped_nonfinite"] + dropped,
         }
         self.writer.add(index, rows, obs, before, dict(self.state), checksum, skip_rows=skip)
 
@@ -122,8 +122,8 @@ class _Extractor(L.LightningModule):
                     raise StoreError(_describe(
                         f"layer {name!r} has values beyond ±{FLOAT16_MAX:.0f}, which float16 cannot hold",
                         over, obs, index) + "; extract with dtype='float32'")
-        self._dropped = int(bad.sum())
-        keep = ~bad if self._dropped else None
+        dropped = int(bad.sum())
+        keep = ~bad if dropped else None
         out = {}
         for name, r in rows.items():
             if keep is not None:
@@ -131,7 +131,7 @@ class _Extractor(L.LightningModule):
             out[name] = r.to(self.torch_dtype).cpu().numpy()
         if keep is not None:
             obs = obs[keep.cpu().numpy()].reset_index(drop=True)
-        return out, obs
+        return out, obs, dropped
 
 
 def _describe(what: str, mask: torch.Tensor, obs: pd.DataFrame, batch: int) -> str:
@@ -217,7 +217,7 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
     if resume.batch:
         log.info("resuming %s at batch %d", store_path, resume.batch)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_FixedBatches(n_items, int(batch_size), resume.batch),
+        dataset, batch_sampler=FixedBatches(n_items, int(batch_size), resume.batch),
         collate_fn=_Collate(adapter), num_workers=num_workers,
     )
     module = _Extractor(adapter, names, writer, resume, dtype=dtype, nonfinite=nonfinite,

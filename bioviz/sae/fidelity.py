@@ -57,13 +57,13 @@ def _class_last(logits: torch.Tensor) -> torch.Tensor:
 def fidelity(adapter, data, layer: str, sae: SparseAutoencoder, *, batch_size: int = 16,
              max_batches: int | None = None, with_error: bool = False, progress: bool = True) -> pd.Series:
     """Splice ``sae`` into ``adapter``'s model at ``layer`` and score what is kept."""
-    from ..extract import _FixedBatches
+    from ..extract import FixedBatches
 
     model = adapter.model.eval()
     device = next(model.parameters()).device
     sae = sae.to(device).eval()
     ds = adapter.dataset(data)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=_FixedBatches(len(ds), batch_size),
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=FixedBatches(len(ds), batch_size),
                                          collate_fn=adapter.collate)
     sums: dict[str, float] = {}
     n_pos = 0
@@ -75,8 +75,9 @@ def fidelity(adapter, data, layer: str, sae: SparseAutoencoder, *, batch_size: i
         with capture(model, layer) as cap:
             clean_out = adapter.forward(batch)
             act = cap.pop()[layer]
-        clean = _class_last(adapter.logits(clean_out)).float()
-        keep = adapter.positions(batch, adapter.logits(clean_out))
+        clean_logits = adapter.logits(clean_out)
+        clean = _class_last(clean_logits).float()
+        keep = adapter.positions(batch, clean_logits)
         rows, back = _as_rows(act, sae.d_in)
         recon = sae(rows).x_hat.to(act.dtype)
         logp_clean = F.log_softmax(clean, -1)
