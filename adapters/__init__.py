@@ -3,7 +3,8 @@
 Heavy libraries (transformers, monai, scanpy) are imported only when an adapter is built.
 """
 
-from .base import Adapter, Batch
+from bioviz.adapter import Adapter, Batch
+
 from .generic import TorchAdapter
 from .hf import HFAdapter, load_hf_model
 from .sequence import SequenceAdapter

@@ -14,15 +14,22 @@ when the items do not carry them.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from .base import REQUIRED_OBS, Adapter, Batch, item_rows, pooled_rows, spatial_rows, token_rows
+from bioviz.adapter import (
+    REQUIRED_OBS,
+    Adapter,
+    Batch,
+    is_scalar,
+    item_rows,
+    pooled_rows,
+    spatial_rows,
+    token_rows,
+)
 
 LAYOUTS = ("auto", "item", "tokens", "pooled", "spatial")
 
@@ -85,7 +92,7 @@ class TorchAdapter(Adapter):
         values = [v for _, v in items]
         if isinstance(values[0], dict):
             tensor_keys = [k for k, v in values[0].items() if isinstance(v, (torch.Tensor, np.ndarray))]
-            meta_keys = [k for k, v in values[0].items() if _is_scalar(v)]
+            meta_keys = [k for k, v in values[0].items() if is_scalar(v)]
             inputs = default_collate([{k: v[k] for k in tensor_keys} for v in values])
             meta = pd.DataFrame({k: [v[k] for v in values] for k in meta_keys})
         else:
@@ -141,7 +148,3 @@ class TorchAdapter(Adapter):
             "input_key": self.input_key,
             "mask_key": self.mask_key,
         }
-
-
-def _is_scalar(v) -> bool:
-    return isinstance(v, (str, numbers.Number, np.generic))

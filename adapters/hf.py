@@ -15,14 +15,21 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .base import REQUIRED_OBS, Adapter, Batch, item_rows, pooled_rows, token_rows
+from bioviz.adapter import (
+    REQUIRED_OBS,
+    Adapter,
+    Batch,
+    is_scalar,
+    item_rows,
+    pooled_rows,
+    token_rows,
+)
 
 log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -146,7 +153,7 @@ class HFAdapter(Adapter):
                 raise ValueError(f"data: no column {self.text_column!r} (text_column=; columns: {list(data.columns)})")
             texts = data[self.text_column].astype(str).tolist()
             meta = data.drop(columns=[self.text_column]).reset_index(drop=True)
-            meta = meta[[c for c in meta.columns if meta[c].map(_is_scalar).all()]]
+            meta = meta[[c for c in meta.columns if meta[c].map(is_scalar).all()]]
         elif isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
             texts, meta = list(data), pd.DataFrame(index=range(len(data)))
         else:
@@ -205,7 +212,3 @@ class HFAdapter(Adapter):
         return {"adapter": type(self).__name__, "rows": self.rows_mode, "special_tokens": self.special_tokens,
                 "tokenizer": type(self.tokenizer).__name__, "vocab_size": len(self.tokenizer),
                 "max_length": self.max_length}
-
-
-def _is_scalar(v) -> bool:
-    return isinstance(v, (str, numbers.Number, np.generic))

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .base import Adapter, Batch
+from bioviz.adapter import Adapter, Batch
+
 from .sequence_inputs import records_from, reverse_complement
 from .sequence_tokenizers import OneHotEncoder, tokenizer_for
 
@@ -313,17 +314,6 @@ class SequenceAdapter(Adapter):
         end = start + size
         start[end > batch.extra["length"].unsqueeze(1)] = -1  # bins reaching into padding
         return start, end
-
-    def identity(self) -> dict:
-        # bioviz.checksum cannot view 0-d tensors (BatchNorm's num_batches_tracked) as bytes;
-        # hand it 1-d views of the same values (same digest as a fixed checksum would give)
-        from bioviz.checksum import digest
-
-        state = {k: v.reshape(1) if v.ndim == 0 else v for k, v in self.model.state_dict().items()}
-        return {"name": self.model_name or type(self.model).__name__,
-                "class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
-                "n_parameters": int(sum(p.numel() for p in self.model.parameters())),
-                "weights_blake2b": digest(state)}
 
     def config(self):
         return {"adapter": type(self).__name__, "window": self.window, "overlap": self.overlap,

@@ -25,7 +25,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .base import Adapter, Batch
+from bioviz.adapter import Adapter, Batch
+
 from .singlecell_genes import GeneMapping, map_genes
 from .singlecell_source import CellSource, Survey, survey
 

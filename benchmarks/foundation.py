@@ -24,7 +24,7 @@ def _bare_and_extract(tmp: Path) -> tuple[float, float]:
 
     import bioviz as bv
     from bioviz.adapters import TorchAdapter
-    from bioviz.extract import FixedBatches
+    from bioviz.batches import FixedBatches
 
     model, data = bert(hidden=256, layers=6), Tokens(192, length=128)
     adapter = TorchAdapter(model)

@@ -1,14 +1,17 @@
 """bioviz: candidate biomarkers from inside biology and medical-imaging foundation models.
 
-``import bioviz as bv``: a handful of verbs over on-disk artifacts (see DESIGN.md).
+``import bioviz as bv``: a handful of verbs over on-disk artifacts (docs/architecture.md).
+Concrete adapters live in :mod:`bioviz.adapters`, imported on demand.
 """
 
-__version__ = "0.1.0"
+from .evaluate import fidelity, stability
+from .extract import extract
+from .features import encode
+from .hooks import capture, layer_names, patch, resolve_layers
+from .sae import SAEConfig, load_sae
+from .sae.fit import train
+from .store import ActivationStore, StoreError
+from .version import __version__
 
-from .extract import extract  # noqa: E402
-from .features import encode  # noqa: E402
-from .hooks import capture, layer_names, resolve_layers  # noqa: E402
-from .sae.fit import train  # noqa: E402
-from .store import ActivationStore, StoreError  # noqa: E402
-
-__all__ = ["__version__", "extract", "train", "encode", "capture", "layer_names", "resolve_layers", "ActivationStore", "StoreError"]
+__all__ = ["__version__", "extract", "train", "encode", "fidelity", "stability", "capture", "patch",
+           "layer_names", "resolve_layers", "load_sae", "SAEConfig", "ActivationStore", "StoreError"]

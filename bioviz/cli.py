@@ -8,7 +8,7 @@ import sys
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from . import __version__
+from .version import __version__
 
 
 def _stage_parser(fn, skip=()) -> ArgumentParser:

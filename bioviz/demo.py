@@ -26,8 +26,8 @@ def run(out: str = "bioviz-demo", layer: str = "bert.encoder.layer.1", steps: in
     """Run the demo study into ``out``; returns a summary (also written as ``summary.json``)."""
     import bioviz as bv
     from bioviz.adapters.singlecell_demo import demo_adapter, pbmc68k_counts
+    from bioviz.evaluate import fidelity
     from bioviz.sae import fraction_of_variance_unexplained
-    from bioviz.sae.fidelity import fidelity
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ progress bar; a killed run resumes from the last committed chunk."""
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from contextlib import contextmanager
 
@@ -13,30 +12,16 @@ import lightning as L
 import pandas as pd
 import torch
 
-from . import __version__
-from .adapters.base import REQUIRED_OBS, Adapter, Batch, to_device
+from .adapter import REQUIRED_OBS, Adapter, Batch, to_device
+from .batches import FixedBatches
 from .checksum import chain, digest
-from .hooks import capture, resolve_layers
+from .hooks import resolve_layers
 from .store import ActivationStore, StoreError, StoreWriter
 from .store.format import FLOAT16_MAX
+from .version import __version__
 
 log = logging.getLogger(__name__)
 NONFINITE = ("error", "drop")
-
-
-class FixedBatches(torch.utils.data.Sampler):
-    """Batch ``b`` is always items ``[b*size, (b+1)*size)``, so a resumed run sees the same
-    batches (and the same numerics) as an uninterrupted one."""
-
-    def __init__(self, n_items: int, batch_size: int, start: int = 0):
-        self.n, self.size, self.start = n_items, batch_size, start
-
-    def __len__(self):
-        return max(0, math.ceil(self.n / self.size) - self.start)
-
-    def __iter__(self):
-        for b in range(self.start, math.ceil(self.n / self.size)):
-            yield list(range(b * self.size, min((b + 1) * self.size, self.n)))
 
 
 class _Collate:
@@ -76,9 +61,7 @@ class _Extractor(L.LightningModule):
                     f"(batch {index} differs); pass overwrite=True to start again"
                 )
             skip = self.resume.skip_rows
-        with capture(self.net, self.layers, inputs=self.inputs, select=self.select) as cap:
-            self.adapter.forward(batch)
-            acts = cap.pop()
+        _, acts = self.adapter.run(batch, self.layers, inputs=self.inputs, select=self.select)
         rows, obs, dropped = self._rows(acts, batch, index)
         before = dict(self.state)
         self.state = {
@@ -92,7 +75,7 @@ class _Extractor(L.LightningModule):
         rows, obs = {}, None
         for name in self.layers:
             act = acts[name]
-            if not (act.is_floating_point()):
+            if not all(a.is_floating_point() for a in _tensors(act)):
                 raise StoreError(
                     f"layer {name!r} produces {act.dtype} values; the store holds floating-point "
                     "activations (hook another layer, or pass select= to pick a float output)"
@@ -132,6 +115,11 @@ class _Extractor(L.LightningModule):
         if keep is not None:
             obs = obs[keep.cpu().numpy()].reset_index(drop=True)
         return out, obs, dropped
+
+
+def _tensors(act):
+    # an activation is a tensor, or per-item tensors (None for skipped items)
+    return [a for a in act if a is not None] if isinstance(act, list) else [act]
 
 
 def _describe(what: str, mask: torch.Tensor, obs: pd.DataFrame, batch: int) -> str:
@@ -198,7 +186,6 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
     names = resolve_layers(adapter.model, layers)
-    adapter.prepare(names, inputs=inputs, select=select)
     dataset = adapter.dataset(data)
     n_items = len(dataset)
     if n_items == 0:

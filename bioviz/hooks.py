@@ -18,8 +18,8 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -217,3 +217,26 @@ def capture(
         for h in handles:
             h.remove()
         cap.clear()
+
+
+@contextmanager
+def hooked(
+    model: nn.Module,
+    layers: str | Iterable[str] = (),
+    *,
+    inputs: bool = False,
+    select: int | str | None = None,
+    splice: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+):
+    """Context manager: :func:`patch` every ``{layer: fn}`` of ``splice``, then
+    :func:`capture` ``layers`` (so a layer both spliced and captured is seen spliced).
+    Yields the :class:`Capture` (empty when no layers are named). The building block of
+    :meth:`bioviz.adapter.Adapter.run`."""
+    with ExitStack() as stack:
+        for layer, fn in (splice or {}).items():
+            stack.enter_context(patch(model, layer, fn, select=select))
+        names = [layers] if isinstance(layers, str) else list(layers)
+        if names:
+            yield stack.enter_context(capture(model, names, inputs=inputs, select=select))
+        else:
+            yield Capture([])

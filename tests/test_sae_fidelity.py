@@ -4,9 +4,9 @@ from transformers import BertConfig, BertForMaskedLM
 
 import bioviz as bv
 from bioviz.adapters import TorchAdapter
+from bioviz.evaluate import fidelity, stability
 from bioviz.hooks import capture, patch
 from bioviz.sae import SAEConfig, build_sae
-from bioviz.sae.fidelity import fidelity, stability
 
 
 class MaskedTokens(torch.utils.data.Dataset):

@@ -15,8 +15,8 @@ Row obs: the manifest's ``subject_id``, ``sample_id`` and clinical columns, then
 
 Volumes larger than ``roi_size`` run in sliding windows, and the hooked layers are stitched
 window by window (``windows.py``); scans of different shapes in one batch run one by one.
-Both find the layers ``bioviz.extract`` hooked on the model (or take them from
-:meth:`VolumeAdapter.prepare`) and keep each layer's output by bioviz.hooks' default rule.
+Both happen inside :meth:`VolumeAdapter.run`, the protocol's one way of running the model,
+so extraction, fidelity and interventions get windows (and splicing inside them) alike.
 The array axes i, j, k are the preprocessed image's voxel axes (after ``Orientationd`` to
 RAS, i runs left→right, j posterior→anterior, k inferior→superior). With
 ``layout="scan"`` each scan gives one row, the mean over its grid, with grid indices -1 and
@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Adapter, Batch
+from bioviz.adapter import Adapter, Batch, Run
+from bioviz.hooks import hooked, resolve_layers
+
 from .cohort import Cohort
 from .io import ScanError, check_same_grid, load_scan
 from .networks import (
@@ -150,7 +152,6 @@ class VolumeAdapter(Adapter):
         self.allow_outside, self.image_col, self.mask_col = allow_outside, image_col, mask_col
         self.cohort: Cohort | None = None
         self.skipped: list[dict] = []
-        self._layers: tuple | None = None  # set by prepare(); else found from the hooks in place
         self._in_channels = next((m.in_channels for m in self._model.modules() if isinstance(m, nn.Conv3d)), 1)
 
     # -- Adapter protocol --------------------------------------------------------------------
@@ -177,10 +178,6 @@ class VolumeAdapter(Adapter):
         self.skipped = list(self.cohort.skipped)
         return _Scans(self, self.cohort)
 
-    def prepare(self, layers, inputs: bool = False, select=None) -> None:
-        """Name the layers being captured, so windows and per-scan passes can stitch them."""
-        self._layers = (tuple(layers), bool(inputs), select)
-
     def collate(self, items: list) -> Batch:
         meta = self.cohort.meta([it.index for it in items])
         infos, tensors = [], []
@@ -200,46 +197,57 @@ class VolumeAdapter(Adapter):
         inputs = torch.stack(tensors) if same and self.windows is None else tensors
         return Batch(inputs, meta, {"scans": infos})
 
-    def forward(self, batch: Batch):
+    def run(self, batch: Batch, layers=(), *, inputs: bool = False, select=None, splice=None) -> Run:
+        """As :meth:`Adapter.run`; scans that cannot share one forward pass run one by one,
+        and with ``roi_size`` each scan runs window by window, the layers (and a spatial
+        output) stitched with the windows' blending weights and ``splice`` applied inside
+        every window. The output and each activation are then lists with one entry per scan
+        of the batch (``None`` for a skipped scan)."""
         infos = batch.extra["scans"]
         for info in infos:
             if info.error:
                 self._note_skip(info)
-        if isinstance(batch.inputs, torch.Tensor):
-            return self.model(batch.inputs)
-        layers, inputs, select = self._stitch_layers()
-        acts, outs = {}, []
+        if isinstance(batch.inputs, torch.Tensor):  # one batched pass (collate decided)
+            return super().run(batch, layers, inputs=inputs, select=select, splice=splice)
+        names = resolve_layers(self.model, layers) if layers else []
+        acts = {n: [None] * len(infos) for n in names}
+        outs = [None] * len(infos)
         for k, info in enumerate(infos):
             if info.error:
                 continue
             x = batch.inputs[k][None]
             if self.windows is not None:
-                out, acts[k] = stitch(self.model, x, layers, self.windows, self.divisor,
-                                      inputs=inputs, select=select)
+                outs[k], got = stitch(self.model, x, names, self.windows, self.divisor,
+                                      inputs=inputs, select=select, splice=splice)
             else:
-                from bioviz.hooks import capture
-
-                with capture(self.model, layers, inputs=inputs, select=select) as cap:
-                    out = self.model(x)
-                    acts[k] = cap.pop()
-            outs.append(out)
-        if not acts:
-            # every scan of the batch was skipped: the caller's hooks still expect a pass (on an
-            # input big enough for instance norms at the deepest stride)
+                with hooked(self.model, names, inputs=inputs, select=select, splice=splice) as cap:
+                    outs[k] = self.model(x)
+                    got = cap.pop()
+            for n in names:
+                acts[n][k] = got[n]
+        if names and all(i.error for i in infos):
+            # every scan of the batch was skipped: one pass on a blank input gives each layer's
+            # width, so the batch still yields (zero) rows of the right shape
             dev = next(self.model.parameters()).device
             side = self.windows.roi if self.windows else (2 * self.divisor,) * 3
-            self.model(torch.zeros((1, self._in_channels, *side), device=dev))
-        batch.extra["acts"] = acts
-        return outs
+            with hooked(self.model, names, inputs=inputs, select=select) as cap:
+                self.model(torch.zeros((1, self._in_channels, *side), device=dev))
+                acts = cap.pop()
+        return Run(outs, acts)
 
-    def rows(self, layer: str, activation: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, pd.DataFrame]:
+    def logits(self, output) -> torch.Tensor:
+        if isinstance(output, list):  # scans run one by one: their outputs, skipped ones left out
+            return torch.cat([super(VolumeAdapter, self).logits(o) for o in output if o is not None])
+        return super().logits(output)
+
+    def rows(self, layer: str, activation, batch: Batch) -> tuple[torch.Tensor, pd.DataFrame]:
         infos = batch.extra["scans"]
-        acts = batch.extra.get("acts")
+        per_scan = isinstance(activation, list)
         rows, obs = [], []
         for k, info in enumerate(infos):
             if info.error:
                 continue
-            act = acts[k][layer] if acts is not None else activation[k:k + 1]
+            act = activation[k] if per_scan else activation[k:k + 1]
             r, o = self._scan_rows(layer, act, info, batch.meta.iloc[[k]])
             rows.append(r)
             obs.append(o)
@@ -247,18 +255,6 @@ class VolumeAdapter(Adapter):
             d = activation.shape[-1] if activation.ndim == 3 else activation.shape[1]
             return torch.zeros((0, d), device=activation.device), self._empty_obs(batch.meta)
         return torch.cat(rows), pd.concat(obs, ignore_index=True)
-
-    def identity(self) -> dict:
-        from bioviz.checksum import digest
-
-        # as bioviz.checksum.model_identity, which cannot yet view 0-d tensors (BatchNorm's
-        # num_batches_tracked) as bytes: those are digested as 1-element tensors
-        state = {k: (v.reshape(1) if v.ndim == 0 else v) for k, v in self.model.state_dict().items()}
-        m = self.model
-        return {"name": self.model_name or type(m).__name__,
-                "class": f"{type(m).__module__}.{type(m).__qualname__}",
-                "n_parameters": int(sum(p.numel() for p in m.parameters())),
-                "weights_blake2b": digest(state)}
 
     def data_fingerprint(self, batch: Batch):
         return {"inputs": batch.inputs, "skipped": [i.error or "" for i in batch.extra["scans"]]}
@@ -347,19 +343,6 @@ class VolumeAdapter(Adapter):
         if self.cohort is not None and self.cohort.has_masks:
             obs["mask_fraction"] = np.zeros(0, np.float32)
         return obs
-
-    def _stitch_layers(self):
-        if self._layers is not None:
-            return self._layers
-        # bioviz.extract hooks the layers before calling forward; find them, so windows and
-        # per-scan passes can stitch exactly what is being captured
-        post = [n for n, m in self.model.named_modules() if n and m._forward_hooks]
-        pre = [n for n, m in self.model.named_modules() if n and m._forward_pre_hooks]
-        if pre and not post:
-            return tuple(pre), True, None
-        if post:
-            return tuple(post), False, None
-        raise RuntimeError("no hooked layers found: call adapter.prepare(layers) or run through bioviz.extract")
 
     def _note_skip(self, info: ScanInfo) -> None:
         self.skipped.append({"sample_id": info.sample_id, "file": info.file, "reason": info.error})

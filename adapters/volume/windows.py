@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bioviz.hooks import capture
+from bioviz.hooks import hooked
 
 from .networks import tokens_to_grid
 
@@ -52,9 +52,10 @@ def scan_interval(size, roi, overlap: float, divisor: int) -> tuple[int, ...]:
 
 
 def stitch(model, x: torch.Tensor, layers: list[str], spec: WindowSpec, divisor: int, *,
-           inputs: bool = False, select=None) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+           inputs: bool = False, select=None, splice=None) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """Run ``model`` over windows of ``x`` [1, C, *S] (S already padded) and return the
-    stitched model output (None unless it is a spatial map) and ``{layer: [1, C_l, *S/s]}``."""
+    stitched model output (None unless it is a spatial map) and ``{layer: [1, C_l, *S/s]}``.
+    ``splice`` (``{layer: fn}``) is applied inside every window's forward pass."""
     from monai.data.utils import compute_importance_map, dense_patch_slices
 
     size = tuple(x.shape[2:])
@@ -71,7 +72,7 @@ def stitch(model, x: torch.Tensor, layers: list[str], spec: WindowSpec, divisor:
     for b in range(0, len(slices), max(1, spec.sw_batch_size)):
         group = slices[b:b + max(1, spec.sw_batch_size)]
         win = torch.cat([x[(slice(None), slice(None), *sl)] for sl in group])
-        with capture(model, layers, inputs=inputs, select=select) as cap:
+        with hooked(model, layers, inputs=inputs, select=select, splice=splice) as cap:
             out = model(win)
             acts = cap.pop()
         if isinstance(out, torch.Tensor) and out.ndim == x.ndim:

@@ -1,40 +1,59 @@
-"""The adapter protocol: what bioviz needs from a modality.
+"""The adapter protocol: what bioviz needs from a modality. The core owns it; concrete
+adapters (``bioviz.adapters``) implement it and import the core, never the reverse.
 
-An adapter turns a cohort into model-ready batches, runs the model, and turns what a
-hooked layer computed into activation *rows*, each with a row of metadata (``obs``).
-Every row's obs carries at least ``subject_id`` and ``sample_id``; modality adapters add
-their own fields (gene token, base-pair window, voxel grid index and world coordinates).
+An adapter turns a cohort into model-ready batches, runs the model (:meth:`Adapter.run`,
+optionally with a replacement spliced into a layer), and turns what a layer computed into
+activation *rows*, each with a row of metadata (``obs``). Every row's obs carries at least
+``subject_id`` and ``sample_id``; modality adapters add their own fields (gene token,
+base-pair window, voxel grid index and world coordinates).
 """
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from .checksum import model_identity
+from .hooks import hooked, select_tensor
+
 REQUIRED_OBS = ("subject_id", "sample_id")
+
+#: ``{layer: fn}``: while the model runs, ``layer``'s output tensor ``t`` becomes ``fn(t)``
+Splice = Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclass
 class Batch:
     """One batch: ``inputs`` go to the model, ``meta`` has one row per item, ``extra`` holds
-    tensors that ``rows`` needs (an attention mask, the token ids)."""
+    what ``rows`` needs (an attention mask, the token ids, per-scan geometry)."""
 
     inputs: Any
     meta: pd.DataFrame
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.meta)
 
 
+class Run(NamedTuple):
+    """What :meth:`Adapter.run` returns: the model output and ``{layer: activation}``."""
+
+    output: Any
+    activations: dict[str, Any]
+
+
 class Adapter(ABC):
-    """Base class of every adapter. Subclasses implement the abstract methods."""
+    """Base class of every adapter. Subclasses implement the abstract methods; adapters that
+    run an item as several passes (sliding windows) override :meth:`run`, the way MONAI's
+    inferers make "how a network is run" a pluggable object."""
 
     #: short name recorded in manifests
     name: str = "adapter"
@@ -52,21 +71,47 @@ class Adapter(ABC):
     def collate(self, items: list) -> Batch:
         """Items to one :class:`Batch`."""
 
-    def prepare(self, layers: list[str], inputs: bool = False, select=None) -> None:
-        """Told which layers extraction captures, before the first batch: adapters that run
-        the model several times per batch (sliding windows) need to know. Default: nothing."""
-        return None
-
     def forward(self, batch: Batch):
-        """Run the model on a batch (hooks record what the layers compute)."""
+        """Call the model once on a batch's inputs (:meth:`run` wraps this with hooks)."""
         inputs = batch.inputs
         if isinstance(inputs, dict):
             return self.model(**inputs)
         return self.model(inputs)
 
+    def run(self, batch: Batch, layers: str | Iterable[str] = (), *, inputs: bool = False,
+            select: int | str | None = None, splice: Splice | None = None) -> Run:
+        """Run the model on ``batch``; return its output and what ``layers`` computed.
+
+        Parameters
+        ----------
+        batch
+            A batch from :meth:`collate` (on the model's device).
+        layers
+            Module names (or glob patterns) whose outputs to return, by name.
+        inputs
+            Return what the layers receive instead of what they return.
+        select
+            Index or key of a layer output to use (see :mod:`bioviz.hooks`).
+        splice
+            ``{layer: fn}``: replace ``layer``'s output tensor ``t`` by ``fn(t)`` while the
+            model runs (an SAE reconstruction, an ablation, a steering vector). Captured
+            layers downstream see the effect; a captured spliced layer is seen spliced.
+
+        Returns
+        -------
+        Run
+            ``(output, activations)``. For each layer the activation is a tensor with the
+            batch on axis 0, or (adapters that run items separately) a list with one tensor
+            per item, ``None`` for items that were skipped; :meth:`rows` takes either.
+        """
+        with hooked(self.model, layers, inputs=inputs, select=select, splice=splice) as cap:
+            out = self.forward(batch)
+            return Run(out, cap.pop())
+
     @abstractmethod
-    def rows(self, layer: str, activation: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, pd.DataFrame]:
-        """A layer's activation for a batch as ``(rows [n, d], obs with n rows)``."""
+    def rows(self, layer: str, activation, batch: Batch) -> tuple[torch.Tensor, pd.DataFrame]:
+        """A layer's activation for a batch (as :meth:`run` returned it) as
+        ``(rows [n, d], obs with n rows)``."""
 
     def config(self) -> dict:
         """JSON-safe settings that change what is extracted (recorded, and compared on resume)."""
@@ -74,21 +119,17 @@ class Adapter(ABC):
 
     def identity(self) -> dict:
         """Model identity for the manifest (class, size, weights checksum)."""
-        from bioviz.checksum import model_identity
-
         return model_identity(self.model, getattr(self, "model_name", None))
 
     def layer_names(self) -> list[str]:
         """Hookable module names; modality adapters list the useful ones first."""
         return [n for n, _ in self.model.named_modules() if n]
 
-    # -- what fidelity needs (bioviz.sae.fidelity) ------------------------------------------
+    # -- what model evaluation needs (bioviz.evaluate) ---------------------------------------
 
     def logits(self, output) -> torch.Tensor:
         """The model's prediction tensor, class scores on the last axis (default: the
         output's ``logits``, else the output rule of bioviz.hooks)."""
-        from bioviz.hooks import select_tensor
-
         logits = getattr(output, "logits", None)
         if logits is None and isinstance(output, dict):
             logits = output.get("logits")
@@ -112,6 +153,7 @@ class Adapter(ABC):
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch with every tensor in ``inputs`` and ``extra`` moved to ``device``."""
     def move(x):
         if isinstance(x, torch.Tensor):
             return x.to(device, non_blocking=True)
@@ -122,6 +164,11 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         return x
 
     return Batch(move(batch.inputs), batch.meta, move(batch.extra))
+
+
+def is_scalar(value) -> bool:
+    """Whether a dataset item's value is row metadata (a string or number), not an input."""
+    return isinstance(value, (str, numbers.Number, np.generic))
 
 
 # -- row layouts shared by adapters ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""How much of the model's own behaviour survives when a layer is replaced by its SAE
+"""Model evaluation of a dictionary: how much of the model's own behaviour survives when a layer is replaced by its SAE
 reconstruction, and how stable a dictionary is across seeds.
 
 Fidelity splices three versions of the hooked layer into the model, batch by batch:
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..adapters.base import to_device
-from ..hooks import capture, patch
-from .base import SparseAutoencoder
+from .adapter import to_device
+from .batches import FixedBatches
+from .sae import SparseAutoencoder
 
 
 def _as_rows(t: torch.Tensor, d: int) -> tuple[torch.Tensor, callable]:
@@ -40,12 +40,25 @@ def _as_rows(t: torch.Tensor, d: int) -> tuple[torch.Tensor, callable]:
     raise ValueError(f"layer output of shape {tuple(t.shape)} has no axis of the SAE's size d_in={d}")
 
 
-def _variant(name: str, rows: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    if name == "sae":
-        return recon
-    if name == "ablated":
-        return rows.mean(0, keepdim=True).expand_as(rows)
-    return recon + (rows - recon)  # sae_plus_error: the clean activation, via the SAE
+def _splice(name: str, sae: SparseAutoencoder, mean: torch.Tensor):
+    """The function spliced into the layer for one variant: it sees the layer's output as
+    the model computes it (a window's, under sliding windows) and returns the replacement."""
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        rows, back = _as_rows(t, sae.d_in)
+        if name == "ablated":
+            return back(mean.to(rows.dtype).expand_as(rows))
+        recon = sae(rows).x_hat.to(rows.dtype)
+        if name == "sae":
+            return back(recon)
+        return back(recon + (rows - recon))  # sae_plus_error: the clean activation, via the SAE
+
+    return fn
+
+
+def _rows_of(act, d: int) -> torch.Tensor:
+    """All rows of a layer's activation (a tensor, or per-item tensors)."""
+    parts = [a for a in act if a is not None] if isinstance(act, list) else [act]
+    return torch.cat([_as_rows(a, d)[0] for a in parts])
 
 
 def _class_last(logits: torch.Tensor) -> torch.Tensor:
@@ -57,8 +70,6 @@ def _class_last(logits: torch.Tensor) -> torch.Tensor:
 def fidelity(adapter, data, layer: str, sae: SparseAutoencoder, *, batch_size: int = 16,
              max_batches: int | None = None, with_error: bool = False, progress: bool = True) -> pd.Series:
     """Splice ``sae`` into ``adapter``'s model at ``layer`` and score what is kept."""
-    from ..extract import FixedBatches
-
     model = adapter.model.eval()
     device = next(model.parameters()).device
     sae = sae.to(device).eval()
@@ -72,23 +83,19 @@ def fidelity(adapter, data, layer: str, sae: SparseAutoencoder, *, batch_size: i
         if max_batches is not None and b >= max_batches:
             break
         batch = to_device(batch, device)
-        with capture(model, layer) as cap:
-            clean_out = adapter.forward(batch)
-            act = cap.pop()[layer]
+        clean_out, acts = adapter.run(batch, [layer])
+        # mean ablation: every row replaced by the mean row of this batch's clean activations
+        mean = _rows_of(acts[layer], sae.d_in).mean(0, keepdim=True)
         clean_logits = adapter.logits(clean_out)
         clean = _class_last(clean_logits).float()
         keep = adapter.positions(batch, clean_logits)
-        rows, back = _as_rows(act, sae.d_in)
-        recon = sae(rows).x_hat.to(act.dtype)
         logp_clean = F.log_softmax(clean, -1)
         sel = keep.reshape(-1) if keep is not None else None
         n = int(sel.sum()) if sel is not None else logp_clean[..., 0].numel()
         n_pos += n
         losses = {"clean": adapter.task_loss(batch, clean_out)}
         for name in variants:
-            new = back(_variant(name, rows, recon))
-            with patch(model, layer, lambda _t, new=new: new):
-                out = adapter.forward(batch)
+            out, _ = adapter.run(batch, splice={layer: _splice(name, sae, mean)})
             logp = F.log_softmax(_class_last(adapter.logits(out)).float(), -1)
             kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1).reshape(-1)
             agree = (logp.argmax(-1) == logp_clean.argmax(-1)).reshape(-1).float()
