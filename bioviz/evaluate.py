@@ -1,5 +1,5 @@
-"""Model evaluation of a dictionary: how much of the model's own behaviour survives when a layer is replaced by its SAE
-reconstruction, and how stable a dictionary is across seeds.
+"""Model evaluation of a dictionary: how much of the model's own behaviour survives when a
+layer is replaced by its SAE reconstruction, and how stable a dictionary is across seeds.
 
 Fidelity splices three versions of the hooked layer into the model, batch by batch:
 the SAE reconstruction, a mean ablation (every row replaced by the batch mean: the
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .adapter import to_device
 from .batches import FixedBatches
+from .provenance import resolve
 from .sae import SparseAutoencoder
 
 
@@ -67,9 +68,57 @@ def _class_last(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def fidelity(adapter, data, layer: str, sae: SparseAutoencoder, *, batch_size: int = 16,
-             max_batches: int | None = None, with_error: bool = False, progress: bool = True) -> pd.Series:
-    """Splice ``sae`` into ``adapter``'s model at ``layer`` and score what is kept."""
+def fidelity(adapter, data, sae: SparseAutoencoder, layer: str | None = None, *, batch_size: int = 16,
+             max_batches: int | None = None, with_error: bool = False, progress: bool = True,
+             allow_mismatch: bool = False) -> pd.Series:
+    """Splice ``sae`` into ``adapter``'s model at ``layer`` and score what the model keeps.
+
+    Every batch runs clean, then with each variant spliced in through
+    :meth:`bioviz.adapter.Adapter.run` (windowed adapters splice inside every window).
+
+    Parameters
+    ----------
+    adapter
+        The adapter that holds the model (the one the SAE's activations came from).
+    data
+        What the adapter reads (a dataset, an AnnData, a manifest path).
+    sae
+        The trained SAE.
+    layer
+        The layer to splice into. Default: the layer the SAE was trained on.
+    batch_size, max_batches
+        Items per batch; stop after this many batches (None: all).
+    with_error
+        Also splice the SAE reconstruction plus its error term, which must give the clean
+        model back (a check of the splice itself).
+    progress
+        Show a progress bar.
+    allow_mismatch
+        Go on when ``layer`` or the adapter's model differ from the SAE's record.
+
+    Returns
+    -------
+    pandas.Series
+        ``kl_*``, ``top1_agreement_*`` per variant, ``kl_recovered``, ``loss_recovered``
+        (adapters that form a task loss), ``task_loss_*``, ``positions``.
+
+    Examples
+    --------
+    >>> import torch, bioviz as bv
+    >>> from bioviz.adapters import TorchAdapter
+    >>> from bioviz.sae import SAEConfig, build_sae
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    >>> sae = build_sae(SAEConfig(d_in=16, d_sae=64, k=8))
+    >>> data = [torch.randn(8) for _ in range(32)]
+    >>> res = bv.fidelity(TorchAdapter(model), data, sae, "1", with_error=True, progress=False)
+    >>> bool(res["kl_sae_plus_error"] < 1e-6), int(res["positions"])
+    (True, 32)
+    """
+    target = resolve(sae, layer=layer, model=adapter.identity(), allow_mismatch=allow_mismatch)
+    if target.layer is None:
+        raise ValueError("layer: the SAE records no layer it was trained on; pass layer=")
+    layer = target.layer
     model = adapter.model.eval()
     device = next(model.parameters()).device
     sae = sae.to(device).eval()
@@ -117,11 +166,33 @@ def fidelity(adapter, data, layer: str, sae: SparseAutoencoder, *, batch_size: i
 
 
 def stability(a: SparseAutoencoder, b: SparseAutoencoder, threshold: float = 0.7) -> tuple[dict, pd.DataFrame]:
-    """Match the features of two SAEs (e.g. two seeds) one-to-one by decoder cosine
-    (Hungarian assignment) and report the share matched above ``threshold``.
+    """Match the features of two SAEs (two seeds, two data halves) one-to-one by decoder
+    cosine (Hungarian assignment) and report the share matched above ``threshold``.
 
-    Returns ``(summary, pairs)``: ``pairs`` is a tidy table (feature_a, feature_b, cosine).
     The assignment is O(d_sae³): seconds at 4k features, minutes at 16k.
+
+    Parameters
+    ----------
+    a, b
+        Two SAEs of the same layer (same ``d_in``).
+    threshold
+        Cosine at or above which a matched pair counts as the same feature.
+
+    Returns
+    -------
+    summary : dict
+        ``matched_fraction``, ``mean_cosine``, ``threshold``, ``n_features``.
+    pairs : pandas.DataFrame
+        One row per matched pair: ``feature_a``, ``feature_b``, ``cosine``.
+
+    Examples
+    --------
+    >>> import bioviz as bv
+    >>> from bioviz.sae import SAEConfig, build_sae
+    >>> a = build_sae(SAEConfig(d_in=8, d_sae=32, k=4, seed=1))
+    >>> summary, pairs = bv.stability(a, a)
+    >>> summary["matched_fraction"], len(pairs)
+    (1.0, 32)
     """
     from scipy.optimize import linear_sum_assignment
 

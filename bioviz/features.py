@@ -13,26 +13,73 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from .checksum import digest
+from .provenance import resolve
 from .sae import SparseAutoencoder, load_sae
 from .store import ActivationStore
 
 
-def encode(sae: SparseAutoencoder | str, store: ActivationStore | str, layer: str | None = None, *,
-           out: str | None = None, batch_size: int = 8192, progress: bool = True,
-           device: str | None = None) -> ad.AnnData:
-    """Stream ``store`` through ``sae`` into a FeatureTable.
+def encode(sae: SparseAutoencoder | str, store: ActivationStore | str | None = None,
+           layer: str | None = None, *, out: str | None = None, batch_size: int = 8192,
+           progress: bool = True, device: str | None = None, allow_mismatch: bool = False) -> ad.AnnData:
+    """Stream an activation store through an SAE into a FeatureTable (AnnData).
 
-    ``obs`` is the store's obs; ``var`` has each feature's ``density`` (share of rows where it
-    fires), ``mean_activation`` and ``max_activation``; ``X`` is CSR float32; ``varm["decoder"]``
-    holds the decoder directions; ``uns["bioviz"]`` the SAE config and store provenance.
-    Activations are read one batch at a time; only the sparse codes are kept. With ``out``
-    the table is written as h5ad (to a temporary name, renamed when complete).
+    Parameters
+    ----------
+    sae
+        A trained SAE, or its checkpoint directory (``sae.safetensors`` + ``sae.json``).
+    store
+        The :class:`~bioviz.store.ActivationStore` (or its path) to encode. Default: the store
+        the SAE was trained on, from its recorded provenance. Another store of the same
+        model and layer (a new cohort) is fine.
+    layer
+        The store layer to encode. Default: the layer the SAE was trained on.
+    out
+        Write the table here as h5ad (to a temporary name, renamed when complete).
+    batch_size
+        Rows read and encoded at a time; only the sparse codes are kept.
+    progress
+        Show a progress bar.
+    device
+        Torch device for the SAE (default: CUDA when available).
+    allow_mismatch
+        Encode even when the layer or the model that made the store differ from the SAE's
+        record (recorded in ``uns["bioviz"]["target"]``).
+
+    Returns
+    -------
+    anndata.AnnData
+        ``obs``: the store's row metadata; ``X``: CSR float32 codes; ``var``: each
+        feature's ``density`` (share of rows where it fires), ``mean_activation`` and
+        ``max_activation``; ``varm["decoder"]``: decoder directions; ``uns["bioviz"]``:
+        the SAE config, the layer and store encoded, and the checks made.
+
+    Examples
+    --------
+    >>> import tempfile, torch, bioviz as bv
+    >>> from bioviz.adapters import TorchAdapter
+    >>> _ = torch.manual_seed(0)
+    >>> tmp = tempfile.mkdtemp()
+    >>> model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU())
+    >>> store = bv.extract(TorchAdapter(model), [torch.randn(6) for _ in range(256)], "0",
+    ...                    f"{tmp}/store", progress=False)
+    >>> sae, = bv.train(store.path, max_steps=5, batch_size=64, output_dir=f"{tmp}/sae",
+    ...                 sae={"architecture": "topk", "expansion_factor": 2, "k": 4},
+    ...                 trainer={"enable_progress_bar": False})
+    >>> ft = bv.encode(sae, progress=False)   # the store and layer it was trained on
+    >>> ft.shape, ft.uns["bioviz"]["layer"]
+    ((256, 32), '0')
     """
-    if not isinstance(store, ActivationStore):
-        store = ActivationStore(store)
-    layer = store._layer(layer)
     if not isinstance(sae, SparseAutoencoder):
         sae = load_sae(sae)
+    path = store.path if isinstance(store, ActivationStore) else store
+    target = resolve(sae, layer=layer, store=path, need_store=True, allow_mismatch=True)
+    if not isinstance(store, ActivationStore):
+        store = ActivationStore(target.store)
+    layer = store.resolve_layer(target.layer)
+    # now that the store is open: the model that made it must be the SAE's
+    target = resolve(sae, layer=layer, store=target.store, model=store.manifest.get("model"),
+                     allow_mismatch=allow_mismatch)
     d = store.dim(layer)
     if sae.d_in != d:
         raise ValueError(
@@ -72,7 +119,9 @@ def encode(sae: SparseAutoencoder | str, store: ActivationStore | str, layer: st
     ft = ad.AnnData(X=X, obs=obs, var=var)
     ft.varm["decoder"] = sae.W_dec.detach().cpu().numpy()
     ft.uns["bioviz"] = {"sae": _json_safe(sae.fitted_config().to_dict()), "layer": layer,
-                        "store": str(store.path), "store_n_rows": store.n_rows}
+                        "store": str(store.path), "store_n_rows": store.n_rows,
+                        "store_manifest_blake2b": digest(store.manifest),
+                        "target": _json_safe(target.record())}
     if out is not None:
         write_h5ad(ft, out)
     return ft

@@ -53,14 +53,14 @@ def test_fidelity_of_a_trained_sae(mlm, tmp_path):
     store = bv.extract(adapter, MaskedTokens(), layer, tmp_path / "store", batch_size=8, progress=False)
     sae, = bv.train(store.path, max_steps=150, batch_size=96, output_dir=str(tmp_path / "sae"), k=8,
                     expansion_factor=4, lr=3e-3, trainer={"enable_progress_bar": False})
-    res = fidelity(adapter, MaskedTokens(), layer, sae, batch_size=8, with_error=True, progress=False)
+    res = fidelity(adapter, MaskedTokens(), sae, layer, batch_size=8, with_error=True, progress=False)
     assert res["kl_sae_plus_error"] < 1e-6 and res["top1_agreement_sae_plus_error"] == 1.0  # splice is exact
     assert 0 < res["kl_sae"] < res["kl_ablated"] and 0 < res["kl_recovered"] <= 1
     assert "loss_recovered" in res and res["task_loss_clean"] > 0  # MLM loss from the labels
     assert res["positions"] == 24 * 12
     untrained = build_sae(SAEConfig(architecture="topk", d_in=32, d_sae=128, k=8, seed=3))
     untrained.fit_normalisation(torch.from_numpy(store.array()[:]))
-    worse = fidelity(adapter, MaskedTokens(), layer, untrained, batch_size=8, progress=False)
+    worse = fidelity(adapter, MaskedTokens(), untrained, layer, batch_size=8, progress=False)
     assert worse["kl_recovered"] < res["kl_recovered"]
 
 

@@ -52,7 +52,7 @@ class ActivationDataModule(L.LightningDataModule):
         self.store_path, self.batch_size, self.buffer_rows = store, int(batch_size), int(buffer_rows)
         self.seed, self.init_rows = int(seed), int(init_rows)
         self.store = ActivationStore(store)
-        self.layer = self.store._layer(layer)
+        self.layer = self.store.resolve_layer(layer)
         if self.store.n_batches(self.batch_size, drop_last=True) == 0:
             raise ValueError(
                 f"batch_size={batch_size} is larger than the {self.store.n_rows} rows of {store}"

@@ -93,9 +93,11 @@ class ActivationStore:
         return f"ActivationStore({str(self.path)!r}, rows={self.n_rows}, layers={{{dims}}}, dtype={self.manifest['dtype']})"
 
     def array(self, layer: str | None = None) -> zarr.Array:
-        return self._arrays[self._layer(layer)]
+        return self._arrays[self.resolve_layer(layer)]
 
-    def _layer(self, layer: str | None) -> str:
+    def resolve_layer(self, layer: str | None = None) -> str:
+        """The name of a layer of this store: ``layer`` itself when the store has it, the only
+        layer when ``layer`` is None and there is one; otherwise an error naming the layers."""
         if layer is None:
             if len(self._arrays) != 1:
                 raise ValueError(f"this store has layers {self.layers}; pass layer=")
