@@ -65,7 +65,7 @@ class TorchAdapter(Adapter):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if weights is not None:
-            from bioviz.weights import load_weights
+            from .weights import load_weights
 
             load_weights(model, weights)
         if layout not in LAYOUTS:

@@ -223,8 +223,9 @@ def _interleaved(tmp: Path) -> dict:
             times["mm"].append(time.perf_counter() - t)
             self.mark = time.perf_counter()
 
-    sae, = bv.train(str(store.path), output_dir=str(tmp / "bioviz"), lr=LR, warmup_steps=LR_WARMUP,
-                    decay_fraction=DECAY_FRACTION, dead_window_rows=(DEAD_STEPS + 2) * BATCH,
+    sae, = bv.train(str(store.path), output_dir=str(tmp / "bioviz"),
+                    optim={"lr": LR, "warmup_steps": LR_WARMUP, "decay_fraction": DECAY_FRACTION,
+                           "dead_window_rows": (DEAD_STEPS + 2) * BATCH},
                     trainer={"enable_progress_bar": False, "callbacks": [Interleave()]},
                     **train_kwargs(STEPS))
     assert all(len(v) == STEPS for v in times.values()), {k: len(v) for k, v in times.items()}

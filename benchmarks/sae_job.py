@@ -79,7 +79,8 @@ def write_store(path, items: Items, dtype: str = "float32"):
 
 def train_kwargs(steps: int) -> dict:
     """What the benchmark's bioviz runs share (TopK, 16x, k 32, batch 4096)."""
-    return dict(max_steps=steps, batch_size=BATCH, architecture="topk", expansion_factor=EXPANSION, k=K)
+    return dict(max_steps=steps, batch_size=BATCH,
+                sae={"architecture": "topk", "expansion_factor": EXPANSION, "k": K})
 
 
 def _vm_hwm_mb() -> float:

@@ -74,7 +74,7 @@ def throughput(work: Path) -> dict:
     import torch
 
     import bioviz
-    from bioviz.adapters.singlecell_geneformer import GeneformerAdapter
+    from bioviz.adapters.singlecell.geneformer import GeneformerAdapter
 
     class Timed(GeneformerAdapter):
         forward_s = 0.0
@@ -137,7 +137,7 @@ def write_backed_h5ad(path: Path, n_cells, genes, chunk=20_000, seed=2):
 CHILD = """
 import sys, time
 import bioviz
-from bioviz.adapters.singlecell_geneformer import GeneformerAdapter
+from bioviz.adapters.singlecell.geneformer import GeneformerAdapter
 ada = GeneformerAdapter(sys.argv[1], subject_key="donor")
 t = time.perf_counter()
 store = bioviz.extract(ada, sys.argv[2], "bert.encoder.layer.0", sys.argv[3], batch_size=1024, progress=False)

@@ -9,7 +9,7 @@ from .extract import extract
 from .features import encode
 from .hooks import capture, layer_names, patch, resolve_layers
 from .sae import SAEConfig, load_sae
-from .sae.fit import train
+from .sae.train import train
 from .store import ActivationStore, StoreError
 from .version import __version__
 

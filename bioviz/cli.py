@@ -1,103 +1,195 @@
-"""The ``bioviz`` command line: one subcommand per stage, configs as YAML with
-``class_path``/``init_args`` (jsonargparse, as LightningCLI)."""
+"""The ``bioviz`` command line: one subcommand per stage, each built by jsonargparse from the
+signature and numpydoc docstring of the function it runs (so the options follow the Python
+API); configs are YAML with ``class_path``/``init_args``, as in LightningCLI.
+
+=========  ==============================================================================
+extract    :func:`bioviz.extract.extract`
+layers     :func:`layers` (reads only the ``adapter`` section of an extract config)
+train      LightningCLI over :class:`~bioviz.sae.train.SAEModule` and
+           :class:`~bioviz.sae.data.ActivationDataModule` (Python: :func:`bioviz.train`)
+encode     :func:`bioviz.features.encode`
+info       :func:`bioviz.store.info.describe`
+demo       :func:`bioviz.demo.run`
+=========  ==============================================================================
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, get_loader
 
+from .adapter import Adapter
 from .version import __version__
 
 
-def _stage_parser(fn, skip=()) -> ArgumentParser:
-    p = ArgumentParser(description=(fn.__doc__ or "").split("\n")[0])
-    p.add_argument("--config", action=ActionConfigFile, help="YAML config with these arguments")
-    p.add_argument("--seed", type=int, default=0, help="torch seed set before objects are built from the config")
-    p.add_function_arguments(fn, skip=set(skip), as_group=False)
+def layers(adapter: Adapter, max_depth: int | None = None) -> list[str]:
+    """List the hookable layers of an adapter's model, the useful ones first.
+
+    Parameters
+    ----------
+    adapter
+        The modality adapter (it holds the model). ``--config`` takes a study's extract
+        config, of which only ``adapter`` (and ``seed``) are read: the data is never built.
+    max_depth
+        Only module names with at most this many dotted parts.
+
+    Returns
+    -------
+    list of str
+        :meth:`Adapter.layer_names <bioviz.adapter.Adapter.layer_names>`, in its order.
+    """
+    return [n for n in adapter.layer_names() if max_depth is None or n.count(".") < max_depth]
+
+
+#: the keys of an extract config that ``bioviz layers --config`` reads
+_LAYERS_KEYS = ("adapter", "seed", "max_depth")
+
+
+class _AdapterSection(ActionConfigFile):
+    """``--config`` of ``bioviz layers``: an extract config (a path or a YAML string), of
+    which only the keys in ``_LAYERS_KEYS`` are parsed, so its ``data`` is never built."""
+
+    def __call__(self, parser, cfg, values, option_string=None):
+        text = Path(values).read_text() if os.path.isfile(values) else values
+        loaded = get_loader("yaml")(text) or {}
+        if not isinstance(loaded, dict):
+            raise TypeError(f"--config {values}: expected a mapping of settings")
+        section = {k: v for k, v in loaded.items() if k in _LAYERS_KEYS}
+        # JSON is YAML; values keep the types jsonargparse's own loader gave them
+        self.apply_config(parser, cfg, self.dest, json.dumps(section, default=str))
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """A subcommand: the function whose signature is its parser, and how to run it."""
+
+    fn: Callable
+    config: type[ActionConfigFile] | None = ActionConfigFile  # the --config action, if any
+    seed: bool = False            # --seed: objects are built from the config
+    positional: bool = False      # required parameters are positional arguments
+    skip: frozenset[str] = frozenset()  # Python-only parameters
+    show: bool = True             # print what the function returns
+
+    @property
+    def summary(self) -> str:
+        return " ".join((inspect.getdoc(self.fn) or "").split("\n\n")[0].split())
+
+
+def _stages() -> dict[str, _Stage]:
+    from .demo import run
+    from .extract import extract
+    from .features import encode
+    from .store.info import describe
+
+    return {
+        "extract": _Stage(extract, seed=True, skip=frozenset({"extra_manifest"})),
+        "layers": _Stage(layers, config=_AdapterSection, seed=True),
+        "encode": _Stage(encode, positional=True),
+        "info": _Stage(describe, config=None, positional=True),
+        "demo": _Stage(run, show=False),
+    }
+
+
+def _stage_parser(stage: _Stage) -> ArgumentParser:
+    p = ArgumentParser(description=stage.summary)
+    if stage.config is not None:
+        p.add_argument("--config", action=stage.config, help="YAML config with these arguments")
+    if stage.seed:
+        p.add_argument("--seed", type=int, default=0,
+                       help="torch seed, set before objects are built from the config")
+    p.add_function_arguments(stage.fn, as_group=False, as_positional=stage.positional,
+                             skip=set(stage.skip))
     return p
 
 
-def build_parser() -> ArgumentParser:
-    from .extract import extract
+_TRAIN_HELP = ("train sparse autoencoders on a store: LightningCLI over SAEModule and "
+               "ActivationDataModule (trainer / model / data sections); see `bioviz train --help`")
 
+
+def build_parser() -> ArgumentParser:
+    """The ``bioviz`` parser (``train`` is listed here; LightningCLI parses its arguments)."""
     parser = ArgumentParser(prog="bioviz", description="Find candidate biomarkers inside foundation models.")
     parser.add_argument("--version", action="version", version=f"bioviz {__version__}")
     sub = parser.add_subcommands(dest="command")
-    sub.add_subcommand("extract", _stage_parser(extract, skip={"extra_manifest"}),
-                       help="run a model over a cohort and store layers' activations")
-    info = ArgumentParser(description="describe an activation store")
-    info.add_argument("store_path", type=str)
-    sub.add_subcommand("info", info, help="describe an activation store")
-    demo = ArgumentParser(description="run the embedded default study (pbmc68k + demo Geneformer) end to end")
-    demo.add_argument("--out", type=str, default="bioviz-demo", help="output folder")
-    demo.add_argument("--steps", type=int, default=600, help="SAE training steps")
-    sub.add_subcommand("demo", demo, help="run the embedded default study end to end")
-    fit_help = ArgumentParser(description="train SAEs on a store: `bioviz fit --config STUDY.yaml` (LightningCLI)")
-    sub.add_subcommand("fit", fit_help, help="train sparse autoencoders (LightningCLI; see bioviz fit --help)")
-    enc = ArgumentParser(description="encode a store with a trained SAE into a FeatureTable (h5ad)")
-    enc.add_argument("sae", type=str, help="SAE directory (sae.safetensors + sae.json)")
-    enc.add_argument("store", type=str, help="activation store")
-    enc.add_argument("--out", type=str, required=True, help="FeatureTable .h5ad to write")
-    enc.add_argument("--layer", type=str | None, default=None)
-    enc.add_argument("--batch_size", type=int, default=8192)
-    sub.add_subcommand("encode", enc, help="encode a store with a trained SAE into a FeatureTable")
-    # takes the same config as extract, so a study's YAML answers "what can I hook?"
-    layers = _stage_parser(extract, skip={"extra_manifest"})
-    layers.add_argument("--max_depth", type=int | None, default=None)
-    sub.add_subcommand("layers", layers, help="list the hookable layers of an adapter's model")
+    for name, stage in _stages().items():
+        sub.add_subcommand(name, _stage_parser(stage), help=stage.summary)
+    sub.add_subcommand("train", ArgumentParser(description=_TRAIN_HELP), help=_TRAIN_HELP)
     return parser
 
 
-def _run(cmd: str, args: dict) -> None:
-    if cmd == "info":
-        from .store.info import describe
-
-        print(describe(args["store_path"]))
-    elif cmd == "extract":
-        from .extract import extract
-
-        print(extract(**args))
-    elif cmd == "demo":
-        from .demo import run
-
-        run(args["out"], steps=args["steps"])
-    elif cmd == "encode":
-        from .features import encode
-
-        print(encode(args["sae"], args["store"], args["layer"], out=args["out"], batch_size=args["batch_size"]))
-    elif cmd == "layers":
-        from .hooks import layer_names
-
-        print("\n".join(layer_names(args["adapter"].model, args["max_depth"])))
-
-
-def fit(argv: list[str]) -> None:
-    """``bioviz fit --config experiments/<study>.yaml``: LightningCLI over SAEModule and
-    ActivationDataModule (trainer, model and data sections, class_path/init_args)."""
+def train(argv: list[str]) -> None:
+    """``bioviz train --config experiments/<study>.yaml``: LightningCLI over SAEModule and
+    ActivationDataModule (trainer / model / data sections, class_path/init_args), then
+    ``Trainer.fit`` (``--ckpt_path`` resumes a killed run). In Python: :func:`bioviz.train`,
+    with the same logger, progress bar and quiet Lightning."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import CSVLogger
 
     from .sae.data import ActivationDataModule
-    from .sae.train import SAEModule
+    from .sae.train import SAEModule, StepProgressBar, quiet_lightning
 
-    LightningCLI(SAEModule, ActivationDataModule, args=["fit", *argv], seed_everything_default=0,
-                 save_config_kwargs={"overwrite": True},
-                 trainer_defaults={"deterministic": True, "log_every_n_steps": 50})
+    class TrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # what Trainer.fit takes besides the model and the data: ckpt_path, weights_only
+            parser.add_method_arguments(Trainer, "fit", as_group=False, skip={
+                "model", "train_dataloaders", "val_dataloaders", "datamodule"})
+
+        def parse_arguments(self, parser, args) -> None:
+            self.config = parser.parse_args(args)  # bioviz's own argv, not sys.argv
+
+        def before_instantiate_classes(self) -> None:
+            # LightningCLI calls jsonargparse's deprecated instantiate_classes; use instantiate
+            self.parser.instantiate_classes = self.parser.instantiate
+
+        def instantiate_trainer(self, **kwargs) -> Trainer:
+            trainer = self.config_init.get("trainer") or {}
+            if trainer.get("logger") in (None, True):  # Lightning's default logger, made explicit
+                root = trainer.get("default_root_dir") or os.getcwd()
+                kwargs.setdefault("logger", CSVLogger(save_dir=root))
+            callbacks = trainer.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+            if trainer.get("enable_progress_bar") is not False and not any(
+                    isinstance(c, ProgressBar) for c in callbacks):
+                kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
+            return super().instantiate_trainer(**kwargs)
+
+    with quiet_lightning():
+        cli = TrainCLI(SAEModule, ActivationDataModule, args=argv, run=False,
+                       seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                       auto_configure_optimizers=False,  # SAEModule makes its own, per SAE
+                       parser_kwargs={"prog": "bioviz train", "description": _TRAIN_HELP},
+                       trainer_defaults={"deterministic": True, "log_every_n_steps": 50,
+                                         "enable_model_summary": False})
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path,
+                        weights_only=cli.config.weights_only)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["fit"]:  # Lightning's own CLI owns the trainer/model/data sections
-        fit(argv[1:])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["train"], ["fit"]):  # LightningCLI owns the trainer/model/data sections
+        train(argv[1:])
         return 0
     parser = build_parser()
     cfg = parser.parse_args(argv)
     cmd = cfg.command
+    stage = _stages()[cmd]
     # seed first: models built from a config get reproducible random weights
     torch.manual_seed(cfg[cmd].get("seed") or 0)
-    args = parser.instantiate_classes(cfg)[cmd]
-    _run(cmd, {k: v for k, v in dict(args).items() if k not in ("config", "seed", "__path__")})
+    init = parser.instantiate(cfg)[cmd]
+    params = inspect.signature(stage.fn).parameters
+    result = stage.fn(**{k: init[k] for k in params if k in init})
+    if stage.show:
+        print("\n".join(result) if isinstance(result, list) else result)
     return 0
 
 

@@ -2,7 +2,7 @@
 with the package (no downloads).
 
 Cohort: scanpy's ``pbmc68k_reduced`` (700 PBMCs) with counts recovered from its log values.
-Model: the small Geneformer-architecture BERT in ``bioviz/data/geneformer_demo``.
+Model: the small Geneformer-architecture BERT shipped in ``bioviz.adapters.singlecell`` (``demo_model/``).
 Path: extract a layer's gene-token activations → train a TopK SAE (Lightning) → encode the
 store into a FeatureTable → score the SAE spliced into the model → summarise which
 features mark which cell types.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,33 @@ log = logging.getLogger(__name__)
 
 def run(out: str = "bioviz-demo", layer: str = "bert.encoder.layer.1", steps: int = 600,
         expansion_factor: int = 8, k: int = 16, cells: int | None = None, progress: bool = True) -> dict:
-    """Run the demo study into ``out``; returns a summary (also written as ``summary.json``)."""
+    """Run the embedded default study (pbmc68k + demo Geneformer) end to end into ``out``.
+
+    Parameters
+    ----------
+    out
+        Output folder (store, SAE, feature table, marker table, ``summary.json``).
+    layer
+        Layer of the demo model whose gene-token activations are extracted.
+    steps
+        SAE training steps.
+    expansion_factor
+        SAE width as a multiple of the layer's width.
+    k
+        Active SAE features per row (TopK).
+    cells
+        Use only the first this many cells (a quick look); all 700 when omitted.
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        The summary also written as ``summary.json``: sizes, FVU, KL recovered, dead
+        fraction, seconds and the output paths.
+    """
     import bioviz as bv
-    from bioviz.adapters.singlecell_demo import demo_adapter, pbmc68k_counts
+    from bioviz.adapters.singlecell import demo_adapter, pbmc68k_counts
     from bioviz.evaluate import fidelity
     from bioviz.sae import fraction_of_variance_unexplained
 
@@ -36,17 +61,19 @@ def run(out: str = "bioviz-demo", layer: str = "bert.encoder.layer.1", steps: in
     if cells is not None:  # a quick look (and the test) on the first cells
         adata = adata[:cells].copy()
     _say(f"cohort: {adata.n_obs} cells × {adata.n_vars} genes (scanpy pbmc68k_reduced, counts recovered)")
-    adapter = demo_adapter(rows="gene", obs_columns=["bulk_labels"])
+    with _no_hf_bars():
+        adapter = demo_adapter(rows="gene", obs_columns=["bulk_labels"])
+        fid_adapter = demo_adapter(rows="gene")
     store = bv.extract(adapter, adata, layer, out_dir / "store", batch_size=32, dtype="float16",
                        progress=progress)
     _say(f"extracted: {store}")
     sae, = bv.train(store.path, max_steps=steps, batch_size=2048, output_dir=str(out_dir / "sae"),
-                    k=k, expansion_factor=expansion_factor, lr=2e-3,
+                    sae={"k": k, "expansion_factor": expansion_factor}, optim={"lr": 2e-3},
                     trainer={"enable_progress_bar": progress, "enable_model_summary": False,
                              "log_every_n_steps": 50})
     ft = bv.encode(sae, store, out=str(out_dir / "features.h5ad"), progress=progress)
     _say(f"feature table: {ft.n_obs} gene-token rows × {ft.n_vars} features → {out_dir / 'features.h5ad'}")
-    fid = fidelity(demo_adapter(rows="gene"), adata[:128], layer, sae, batch_size=32, progress=progress)
+    fid = fidelity(fid_adapter, adata[:128], sae, layer, batch_size=32, progress=progress)
     markers = _cell_type_markers(ft)
     markers.to_csv(out_dir / "cell_type_features.tsv", sep="\t", index=False)
     x = np.asarray(store.array()[: min(store.n_rows, 20000)], dtype=np.float32)
@@ -98,3 +125,17 @@ def _cell_type_markers(ft, per_type: int = 3) -> pd.DataFrame:
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
+
+
+@contextmanager
+def _no_hf_bars():
+    """transformers' own "Loading weights" bar off while the demo model loads from disk."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

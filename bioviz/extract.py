@@ -157,26 +157,59 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
             extra_manifest: dict | None = None) -> ActivationStore:
     """Run ``adapter``'s model over ``data`` and store what ``layers`` compute.
 
-    Args:
-        adapter: the modality adapter (it holds the model).
-        data: what the adapter reads: a dataset, an AnnData or a path (see the adapter).
-        layers: module names or glob patterns (``encoder.layer.*``; ``**`` crosses dots).
-        store_path: directory of the ActivationStore to write (or resume).
-        batch_size: items per forward pass.
-        chunk_rows: rows per zarr chunk, the unit of an atomic commit.
-        dtype: ``float32`` or ``float16`` (values beyond float16's range are an error).
-        nonfinite: ``error`` stops at NaN/Inf activations naming the rows; ``drop`` skips and counts them.
-        inputs: capture what the layers receive instead of what they return.
-        select: index or key of the layer output to keep (see bioviz.hooks).
-        num_workers: DataLoader worker processes.
-        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
-        overwrite: replace an existing store made with another configuration.
-        progress: show a progress bar.
-        compression: ``None``, ``zstd`` or ``blosc`` for the zarr chunks.
+    Rerunning the same call after a crash resumes from the last committed chunk; on a
+    finished store with the same configuration it returns the store without recomputing.
 
-    Returns the finished :class:`~bioviz.store.ActivationStore`. Rerunning the same call
-    after a crash resumes; on a finished store with the same configuration it returns the
-    store without recomputing.
+    Parameters
+    ----------
+    adapter
+        The modality adapter (it holds the model and runs it: :meth:`Adapter.run`).
+    data
+        What the adapter reads: a dataset, an AnnData or a path (see the adapter).
+    layers
+        Module names or glob patterns (``encoder.layer.*``; ``**`` crosses dots).
+    store_path
+        Directory of the ActivationStore to write (or resume).
+    batch_size
+        Items per forward pass.
+    chunk_rows
+        Rows per zarr chunk, the unit of an atomic commit.
+    dtype
+        ``float32`` or ``float16`` (values beyond float16's range are an error).
+    nonfinite
+        ``error`` stops at NaN/Inf activations naming the rows; ``drop`` skips and counts them.
+    inputs
+        Capture what the layers receive instead of what they return.
+    select
+        Index or key of the layer output to keep (see :mod:`bioviz.hooks`).
+    num_workers
+        DataLoader worker processes.
+    accelerator
+        Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+    overwrite
+        Replace an existing store made with another configuration.
+    progress
+        Show a progress bar.
+    compression
+        ``None``, ``zstd`` or ``blosc`` for the zarr chunks.
+    extra_manifest
+        More JSON-safe entries for the store's manifest (Python only).
+
+    Returns
+    -------
+    ActivationStore
+        The finished store.
+
+    Examples
+    --------
+    >>> import tempfile, torch, bioviz as bv
+    >>> from bioviz.adapters import TorchAdapter
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> data = [{"x": torch.randn(4), "subject_id": f"P{i % 3}"} for i in range(10)]
+    >>> store = bv.extract(TorchAdapter(model, input_key="x"), data, "1",
+    ...                    f"{tempfile.mkdtemp()}/store", batch_size=4, progress=False)
+    >>> store.n_rows, store.dim("1"), sorted(store.obs["subject_id"].unique())
+    (10, 8, ['P0', 'P1', 'P2'])
     """
     if not isinstance(adapter, Adapter):
         raise TypeError(f"adapter: expected a bioviz adapter, got {type(adapter).__name__}; "

@@ -30,7 +30,33 @@ _GLOB_CHARS = set("*?[")
 def resolve_layers(model: nn.Module, patterns: str | Iterable[str]) -> list[str]:
     """Module names matched by ``patterns`` (exact names or globs), in model order.
 
-    A pattern matching nothing is a ``ValueError`` listing the closest module names.
+    Parameters
+    ----------
+    model
+        Any torch module.
+    patterns
+        Module names or glob patterns: ``*`` and ``?`` stay inside one dotted part, ``**``
+        crosses dots.
+
+    Returns
+    -------
+    list of str
+        The matched names, in the order of ``model.named_modules()``.
+
+    Raises
+    ------
+    ValueError
+        A pattern matches nothing; the message lists the closest module names.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    >>> resolve_layers(model, "1.*")
+    ['1.0', '1.1']
+    >>> resolve_layers(model, "*")
+    ['0', '1']
     """
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -85,7 +111,17 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 
 def layer_names(model: nn.Module, max_depth: int | None = None) -> list[str]:
-    """Every hookable module name, optionally only those at most ``max_depth`` dots deep."""
+    """Every hookable module name, optionally only those at most ``max_depth`` parts deep.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    >>> layer_names(model)
+    ['0', '1', '1.0', '1.1']
+    >>> layer_names(model, max_depth=1)
+    ['0', '1']
+    """
     return [
         n
         for n, _ in model.named_modules()
@@ -165,7 +201,28 @@ def replace_tensor(value, new: torch.Tensor, select: int | str | None = None):
 @contextmanager
 def patch(model: nn.Module, layer: str, fn, *, select: int | str | None = None):
     """Context manager: while active, ``layer``'s output tensor ``t`` is replaced by
-    ``fn(t)`` (splicing an SAE reconstruction or an ablation into the model)."""
+    ``fn(t)`` (splicing an SAE reconstruction or an ablation into the model).
+
+    Parameters
+    ----------
+    model
+        Any torch module.
+    layer
+        One module name (or a pattern matching exactly one).
+    fn
+        Called with the layer's output tensor; returns the replacement (same shape).
+    select
+        Which tensor of a tuple/dict output to replace (see the output rule above).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    >>> with patch(model, "0", lambda t: torch.zeros_like(t)):
+    ...     model(torch.randn(2, 3)).abs().sum().item()
+    0.0
+    """
     names = resolve_layers(model, layer)
     if len(names) != 1:
         raise ValueError(f"patch needs exactly one layer; {layer!r} matches {names}")
@@ -191,7 +248,27 @@ def capture(
 ):
     """Context manager: hook ``layers`` of ``model`` and yield a :class:`Capture`.
 
-    ``inputs=True`` captures what each module receives instead of what it returns.
+    Parameters
+    ----------
+    model
+        Any torch module; it needs no cooperation.
+    layers
+        Module names or glob patterns.
+    inputs
+        Capture what each module receives instead of what it returns.
+    select
+        Index or key picking the tensor of a tuple/dict output (see the output rule above).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> with capture(model, ["0", "2"]) as cap:
+    ...     _ = model(torch.randn(5, 3))
+    ...     acts = cap.pop()
+    >>> {name: tuple(t.shape) for name, t in acts.items()}
+    {'0': (5, 4), '2': (5, 2)}
     """
     names = resolve_layers(model, layers)
     modules = dict(model.named_modules())

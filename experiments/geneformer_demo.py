@@ -1,11 +1,11 @@
-"""Regenerate the embedded single-cell demo model (bioviz/data/geneformer_demo/).
+"""Regenerate the embedded single-cell demo model (adapters/singlecell/demo_model/).
 
     python experiments/geneformer_demo.py [--out DIR] [--epochs N]
 
 A small Geneformer-architecture model (BertForMaskedLM: 3 layers, 128 wide, 4 heads, V2-style
 ``<cls>``/``<eos>`` tokens, 256-token context: the top 254 genes of each cell) trained by masked-gene prediction on scanpy's
 ``pbmc68k_reduced`` (700 PBMCs, 765 genes), which ships offline with scanpy. Counts are
-recovered from the log values in ``.raw`` as described in ``bioviz.adapters.singlecell_demo``;
+recovered from the log values in ``.raw`` as described in ``bioviz.adapters.singlecell.demo``;
 the token and gene-median dictionaries are built from the same data the way Geneformer's
 are (median of non-zero ``counts / n_counts * 10_000`` per gene) and written as JSON. The
 cells are tokenised by ``GeneformerAdapter`` itself, so training and extraction see the
@@ -68,7 +68,7 @@ def mask_tokens(ids, attn, gen, vocab_size, n_special):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "bioviz" / "data" / "geneformer_demo"))
+    ap.add_argument("--out", default=str(ROOT / "adapters" / "singlecell" / "demo_model"))
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -76,8 +76,8 @@ def main(argv=None):
 
     from transformers import BertConfig, BertForMaskedLM
 
-    from bioviz.adapters.singlecell_demo import pbmc68k_counts
-    from bioviz.adapters.singlecell_geneformer import GeneformerAdapter
+    from bioviz.adapters.singlecell.demo import pbmc68k_counts
+    from bioviz.adapters.singlecell.geneformer import GeneformerAdapter
 
     torch.manual_seed(SEED)
     np.random.seed(SEED)

@@ -1,8 +1,8 @@
 """Train the volume demo model and write it into bioviz as a MONAI bundle directory.
 
-    python experiments/volume_demo_train.py [--out bioviz/data/volume_demo] [--work /tmp/volume_demo]
+    python experiments/volume_demo_train.py [--out adapters/volume/demo_model] [--work /tmp/volume_demo]
 
-1. Generates the planted-lesion brain cohort (bioviz.cohorts.make_brain_cohort, from
+1. Generates the planted-lesion brain cohort (bioviz.adapters.volume.make_brain_cohort, from
    nilearn's MNI152 template; nothing is downloaded).
 2. Preprocesses it exactly as the bundle will at inference (the VolumeAdapter's own chain).
 3. Trains a small MONAI ResNet (3D, ~0.23 M parameters) to predict the label, on one CPU
@@ -93,7 +93,7 @@ def check_maps(bundle: Path, manifest: Path, work: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "bioviz" / "data" / "volume_demo"))
+    ap.add_argument("--out", default=str(ROOT / "adapters" / "volume" / "demo_model"))
     ap.add_argument("--work", default="/tmp/bioviz_volume_demo")
     ap.add_argument("--epochs", type=int, default=30)
     args = ap.parse_args(argv)
@@ -101,9 +101,8 @@ def main(argv=None) -> int:
     torch.use_deterministic_algorithms(True)
     from safetensors.torch import save_file
 
-    from bioviz.adapters.volume import VolumeAdapter
+    from bioviz.adapters.volume import VolumeAdapter, make_brain_cohort
     from bioviz.adapters.volume.networks import build_network
-    from bioviz.cohorts import make_brain_cohort
 
     t0 = time.time()
     work, out = Path(args.work), Path(args.out)
@@ -165,7 +164,7 @@ def main(argv=None) -> int:
     meta = {
         "name": "bioviz volume demo", "version": "1.0",
         "description": "Small 3D ResNet predicting a planted lesion label on a brain-MRI-like cohort "
-                       "generated from the MNI152 template (bioviz.cohorts.make_brain_cohort).",
+                       "generated from the MNI152 template (bioviz.adapters.volume.make_brain_cohort).",
         "task": "binary classification (label)", "cohort": COHORT, "seed": SEED, "epochs": args.epochs,
         "training_script": "experiments/volume_demo_train.py", "metrics": metrics,
         "torch_version": torch.__version__, "hook_points": ["layer1", "layer2", "layer3", "layer4"],

@@ -24,9 +24,11 @@ import lightning as L
 import numpy as np
 
 import bioviz as bv
+from bioviz.sae import OptimConfig, SAEConfig
 from bioviz.sae.train import SAEModule
 
-SAE_ARGS = dict(architecture="topk", expansion_factor=4, k=4, lr=3e-3, warmup_steps=5, seed=0)
+SAE_ARGS = dict(sae=SAEConfig(architecture="topk", expansion_factor=4, k=4),
+                optim=OptimConfig(lr=3e-3, warmup_steps=5), seed=0)
 
 
 class Record(L.Callback):

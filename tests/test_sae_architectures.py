@@ -311,6 +311,20 @@ def test_relu_l1_coefficient_is_settable_and_weighted_by_decoder_norms():
     assert sae.loss(x, out)["loss"].item() == pytest.approx(want.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("arch, coef, term", [("relu", "l1_coefficient", "l1"),
+                                              ("jumprelu", "l0_coefficient", "l0_penalty")])
+def test_sparsity_scale_weights_the_penalty_and_leaves_the_config_alone(arch, coef, term):
+    """The training loop's warm-up ramp goes into the loss; the config keeps its coefficient."""
+    sae = make(arch, **{coef: 4.0})
+    x = data()
+    out = sae(x)
+    full, ramped = sae.loss(x, out), sae.loss(x, out, sparsity_scale=0.25)
+    assert getattr(sae.cfg, coef) == getattr(sae, coef) == 4.0
+    want = ramped["mse"] + 0.25 * 4.0 / D_IN * ramped[term]
+    assert ramped["loss"].item() == pytest.approx(want.item(), rel=1e-6)
+    assert full["loss"].item() == pytest.approx((full["mse"] + 4.0 / D_IN * full[term]).item(), rel=1e-6)
+
+
 def test_jumprelu_threshold_and_l0_straight_through():
     sae = make("jumprelu", jumprelu_init_threshold=0.5, jumprelu_bandwidth=0.5)
     x = data()

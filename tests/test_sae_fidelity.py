@@ -51,8 +51,8 @@ def test_fidelity_of_a_trained_sae(mlm, tmp_path):
     adapter = TorchAdapter(mlm)
     layer = "bert.encoder.layer.0"
     store = bv.extract(adapter, MaskedTokens(), layer, tmp_path / "store", batch_size=8, progress=False)
-    sae, = bv.train(store.path, max_steps=150, batch_size=96, output_dir=str(tmp_path / "sae"), k=8,
-                    expansion_factor=4, lr=3e-3, trainer={"enable_progress_bar": False})
+    sae, = bv.train(store.path, max_steps=150, batch_size=96, output_dir=str(tmp_path / "sae"),
+                    sae={"k": 8, "expansion_factor": 4}, optim={"lr": 3e-3}, trainer={"enable_progress_bar": False})
     res = fidelity(adapter, MaskedTokens(), sae, layer, batch_size=8, with_error=True, progress=False)
     assert res["kl_sae_plus_error"] < 1e-6 and res["top1_agreement_sae_plus_error"] == 1.0  # splice is exact
     assert 0 < res["kl_sae"] < res["kl_ablated"] and 0 < res["kl_recovered"] <= 1

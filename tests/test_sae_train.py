@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -11,8 +12,9 @@ import torch
 from torch import nn
 
 import bioviz as bv
+import bioviz.cli
 from bioviz.adapters import TorchAdapter
-from bioviz.sae import load_sae
+from bioviz.sae import OptimConfig, SAEConfig, load_sae
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
 
@@ -41,8 +43,9 @@ def store(tmp_path_factory):
 
 
 def test_topk_learns_the_planted_dictionary_and_logs_metrics(store, tmp_path):
-    sae, = bv.train(store.path, max_steps=300, batch_size=500, output_dir=str(tmp_path / "sae"), k=8,
-                    expansion_factor=4, lr=3e-3, trainer={**QUIET, "log_every_n_steps": 20})
+    sae, = bv.train(store.path, max_steps=300, batch_size=500, output_dir=str(tmp_path / "sae"),
+                    sae={"k": 8, "expansion_factor": 4}, optim={"lr": 3e-3},
+                    trainer={**QUIET, "log_every_n_steps": 20})
     x = torch.from_numpy(store.array()[:2000])
     with torch.no_grad():
         fvu = float(((sae(x).x_hat - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
@@ -61,7 +64,8 @@ def test_topk_learns_the_planted_dictionary_and_logs_metrics(store, tmp_path):
 
 def test_sweep_trains_several_saes_on_one_pass(store, tmp_path):
     saes = bv.train(store.path, max_steps=30, batch_size=500, output_dir=str(tmp_path / "s"),
-                    architecture="batchtopk", expansion_factor=2, sweep=[{"k": 2}, {"k": 6}], trainer=QUIET)
+                    sae=SAEConfig(architecture="batchtopk", expansion_factor=2), sweep=[{"k": 2}, {"k": 6}],
+                    trainer=QUIET)
     assert [s.cfg.k for s in saes] == [2, 6]
     assert all(s.cfg.inference_threshold is not None for s in saes)  # estimated while training
     assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name.startswith("batchtopk")) == ["batchtopk_k2", "batchtopk_k6"]
@@ -70,9 +74,9 @@ def test_sweep_trains_several_saes_on_one_pass(store, tmp_path):
 @pytest.mark.parametrize("arch", ["relu", "jumprelu", "matryoshka"])
 def test_other_architectures_train(store, tmp_path, arch):
     opts = {"matryoshka_prefixes": [16, 48, 96]} if arch == "matryoshka" else {}
-    sae, = bv.train(store.path, max_steps=100, batch_size=500, output_dir=str(tmp_path / arch), architecture=arch,
-                    expansion_factor=3, k=4, lr=3e-3, options=opts, sparsity_warmup_steps=20,
-                    trainer={**QUIET, "log_every_n_steps": 10})
+    sae, = bv.train(store.path, max_steps=100, batch_size=500, output_dir=str(tmp_path / arch),
+                    sae={"architecture": arch, "expansion_factor": 3, "k": 4, **opts},
+                    optim=OptimConfig(lr=3e-3, sparsity_warmup_steps=20), trainer={**QUIET, "log_every_n_steps": 10})
     fvu = pd.read_csv(next((tmp_path / arch).rglob("metrics.csv")))[f"{arch}/fvu"].dropna()
     assert sae.architecture == arch and fvu.iloc[-1] < 0.7 * fvu.iloc[0]
     if arch != "matryoshka":  # the sparsity coefficient was ramped up to its configured value
@@ -81,7 +85,7 @@ def test_other_architectures_train(store, tmp_path, arch):
 
 
 def test_resume_from_checkpoint_matches_uninterrupted(store, tmp_path):
-    kw = dict(max_steps=40, batch_size=500, k=4, expansion_factor=2)
+    kw = dict(max_steps=40, batch_size=500, sae={"k": 4, "expansion_factor": 2})
     whole, = bv.train(store.path, output_dir=str(tmp_path / "whole"), trainer=QUIET, **kw)
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -112,20 +116,21 @@ def test_nan_batch_stops_with_step_and_rows(tmp_path):
     row[3] = np.nan
     arr[1234] = row
     with pytest.raises(ValueError, match=r"NaN/Inf in the training batch at step \d+: store rows 1234\.\.1234"):
-        bv.train(st.path, max_steps=20, batch_size=500, output_dir=str(tmp_path / "s"), k=4,
-                 expansion_factor=2, trainer=QUIET)
+        bv.train(st.path, max_steps=20, batch_size=500, output_dir=str(tmp_path / "s"),
+                 sae={"k": 4, "expansion_factor": 2}, trainer=QUIET)
 
 
 def test_bad_settings_are_clear(store, tmp_path):
     with pytest.raises(ValueError, match="k"):
-        bv.train(store.path, max_steps=2, output_dir=str(tmp_path / "a"), k=500, expansion_factor=2, trainer=QUIET)
+        bv.train(store.path, max_steps=2, output_dir=str(tmp_path / "a"), sae={"k": 500, "expansion_factor": 2},
+                 trainer=QUIET)
     with pytest.raises(ValueError, match="batch_size=99999 is larger than the 12000 rows"):
         bv.train(store.path, max_steps=2, batch_size=99999, output_dir=str(tmp_path / "b"), trainer=QUIET)
 
 
 def test_encode_feature_table(store, tmp_path):
-    sae, = bv.train(store.path, max_steps=50, batch_size=500, output_dir=str(tmp_path / "s"), k=4,
-                    expansion_factor=2, trainer=QUIET)
+    sae, = bv.train(store.path, max_steps=50, batch_size=500, output_dir=str(tmp_path / "s"),
+                    sae={"k": 4, "expansion_factor": 2}, trainer=QUIET)
     ft = bv.encode(sae, store, out=str(tmp_path / "ft.h5ad"), batch_size=777, progress=False)
     assert ft.shape == (store.n_rows, sae.d_sae) and ft.X.format == "csr"
     x = torch.from_numpy(store.array()[:10])
@@ -145,7 +150,7 @@ def test_fit_cli_from_config(store, tmp_path):
     cfg = tmp_path / "fit.yaml"
     cfg.write_text(f"""
 trainer: {{max_steps: 10, enable_progress_bar: false, default_root_dir: {tmp_path}/runs}}
-model: {{architecture: topk, expansion_factor: 2, k: 4, output_dir: {tmp_path}/sae}}
+model: {{sae: {{architecture: topk, expansion_factor: 2, k: 4}}, output_dir: {tmp_path}/sae}}
 data: {{store: {store.path}, batch_size: 400}}
 """)
     r = subprocess.run([sys.executable, "-m", "bioviz.cli", "fit", "--config", str(cfg)], capture_output=True, text=True)
@@ -153,3 +158,86 @@ data: {{store: {store.path}, batch_size: 400}}
     sae = load_sae(tmp_path / "sae" / "topk", expect_d_in=32)
     assert sae.cfg.training["steps"] == 10
     assert Path(tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("arch, coef", [("relu", "l1_coefficient"), ("jumprelu", "l0_coefficient")])
+def test_sparsity_warmup_does_not_change_the_config(store, tmp_path, arch, coef):
+    """The L1/L0 warm-up scales the loss; the SAE's config keeps the configured coefficient at
+    every step, and the export records it (it used to record the ramp reached: 0.15 here)."""
+    from lightning.pytorch.callbacks import Callback
+
+    seen = []
+
+    class Watch(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.append(getattr(module.saes[0].cfg, coef))
+
+        def on_train_batch_end(self, trainer, module, *args):
+            seen.append(getattr(module.saes[0].cfg, coef))
+
+    sae, = bv.train(store.path, max_steps=5, batch_size=500, output_dir=str(tmp_path / "s"),
+                    sae={"architecture": arch, "expansion_factor": 2, coef: 3.0},
+                    optim={"sparsity_warmup_steps": 100}, trainer={**QUIET, "callbacks": [Watch()]})
+    assert len(seen) == 10 and set(seen) == {3.0}
+    assert getattr(sae.cfg, coef) == 3.0
+    assert json.loads((tmp_path / "s" / arch / "sae.json").read_text())[coef] == 3.0
+
+
+def test_unknown_keys_fail_before_training_naming_them(store, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"sweep\[1\]: unknown key\(s\) 'kk'; SAEConfig fields: architecture, "):
+        bv.train(store.path, sae={"expansion_factor": 2}, sweep=[{"k": 2}, {"kk": 3}], output_dir=str(out))
+    with pytest.raises(ValueError, match=r"sweep\[0\]: 'd_in' cannot be swept"):
+        bv.train(store.path, sweep=[{"d_in": 3}], output_dir=str(out))
+    with pytest.raises(ValueError, match=r"sae: unknown key\(s\) 'lr'.*'lr' is an OptimConfig field"):
+        bv.train(store.path, sae={"k": 4, "lr": 1e-3}, output_dir=str(out))
+    with pytest.raises(ValueError, match=r"optim: unknown key\(s\) 'k'"):
+        bv.train(store.path, optim={"k": 4}, output_dir=str(out))
+    with pytest.raises(ValueError, match=r"sae: seed=3 disagrees with the training seed=0"):
+        bv.train(store.path, sae={"seed": 3}, output_dir=str(out))
+    assert not out.exists()
+
+
+def test_a_sweep_entry_out_of_range_is_named(store, tmp_path):
+    with pytest.raises(ValueError, match=r"sweep\[1\]=\{'k': 0\}: invalid SAEConfig:\n  - k=0"):
+        bv.train(store.path, max_steps=2, sae={"expansion_factor": 2}, sweep=[{"k": 2}, {"k": 0}],
+                 output_dir=str(tmp_path / "s"), trainer=QUIET)
+
+
+def test_a_sweep_over_sizes_replaces_the_base_size(store, tmp_path):
+    saes = bv.train(store.path, max_steps=2, batch_size=500, output_dir=str(tmp_path / "s"),
+                    sae={"k": 4, "expansion_factor": 2}, sweep=[{"d_sae": 48}, {"expansion_factor": 3}],
+                    trainer={**QUIET, "logger": False})
+    assert [s.d_sae for s in saes] == [48, 96]
+
+
+def test_training_prints_only_its_own_progress(store, tmp_path, capfd):
+    """No Lightning tips, device summary, TensorBoard or LeafSpec warnings; the bar counts steps."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bv.train(store.path, max_steps=6, batch_size=500, output_dir=str(tmp_path / "s"),
+                 sae={"k": 4, "expansion_factor": 2}, trainer={"log_every_n_steps": 2})
+    out, err = capfd.readouterr()
+    assert "step 6/6" in out and "Epoch" not in out and "topk/fvu=" in out
+    for noise in ("Tip", "GPU available", "LeafSpec", "tensorboard", "Trainer.fit"):
+        assert noise not in out + err, (noise, out + err)
+    assert not [w for w in caught if "LeafSpec" in str(w.message) or "tensorboard" in str(w.message).lower()]
+    assert next((tmp_path / "s" / "lightning_logs").rglob("metrics.csv"))  # the CSV log, under output_dir
+
+
+@pytest.mark.parametrize("bad, words", [("{l1_coefficient: abc}", ["l1_coefficient", "abc"]),
+                                        ("{kk: 3}", ["kk"])])
+def test_cli_rejects_a_bad_sae_field_before_training(store, tmp_path, capsys, bad, words):
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(f"""
+trainer: {{max_steps: 10, enable_progress_bar: false, default_root_dir: {tmp_path}/runs}}
+model: {{sae: {bad}, output_dir: {tmp_path}/sae}}
+data: {{store: {store.path}, batch_size: 400}}
+""")
+    with pytest.raises(SystemExit) as exit_:
+        bioviz.cli.main(["fit", "--config", str(cfg)])
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sae").exists()

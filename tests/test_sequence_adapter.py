@@ -10,8 +10,8 @@ import torch
 
 import bioviz
 from bioviz.adapters.sequence import SequenceAdapter
-from bioviz.adapters.sequence_inputs import FastaIndex, reverse_complement
-from bioviz.adapters.sequence_tokenizers import KmerTokenizer
+from bioviz.adapters.sequence.inputs import FastaIndex, reverse_complement
+from bioviz.adapters.sequence.tokenizers import KmerTokenizer
 
 RNG = np.random.default_rng(0)
 
@@ -133,7 +133,7 @@ def test_table_input_and_errors(tmp_path, nt_dir):
 
 def test_enformer_bins_and_channels_first_layers(tmp_path):
     enformer = pytest.importorskip("enformer_pytorch")
-    from bioviz.adapters.sequence_enformer import save_enformer
+    from bioviz.adapters.sequence.enformer import save_enformer
 
     torch.manual_seed(0)
     model = enformer.Enformer.from_hparams(dim=48, depth=1, heads=2, output_heads=dict(human=6), target_length=8,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bioviz.adapters.sequence import plan_windows
-from bioviz.adapters.sequence_inputs import reverse_complement
-from bioviz.adapters.sequence_tokenizers import (
+from bioviz.adapters.sequence.inputs import reverse_complement
+from bioviz.adapters.sequence.tokenizers import (
     ByteTokenizer,
     CharTokenizer,
     KmerTokenizer,

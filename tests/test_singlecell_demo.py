@@ -1,4 +1,4 @@
-"""The shipped demo model (bioviz/data/geneformer_demo) and its data (pbmc68k_reduced as counts)."""
+"""The shipped demo model (bioviz.adapters.singlecell, demo_model/) and its data (pbmc68k_reduced as counts)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bioviz
-from bioviz.adapters.singlecell_demo import DEMO_DIR, demo_adapter, pbmc68k_counts
+from bioviz.adapters.singlecell.demo import DEMO_DIR, demo_adapter, pbmc68k_counts
 
 pytestmark = pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").is_file(),
                                 reason="demo model not generated (python experiments/geneformer_demo.py)")

@@ -12,8 +12,8 @@ import scipy.sparse as sp
 import torch
 
 import bioviz
-from bioviz.adapters.singlecell_demo import pbmc68k_counts
-from bioviz.adapters.singlecell_geneformer import (
+from bioviz.adapters.singlecell.demo import pbmc68k_counts
+from bioviz.adapters.singlecell.geneformer import (
     GeneformerAdapter,
     finish_sequence,
     rank_value_encode,
@@ -225,7 +225,7 @@ def test_loader_errors_name_the_file(tmp_path, gf_dir):
 def test_pickled_dictionaries_cannot_run_code(tmp_path):
     import os
 
-    from bioviz.adapters.singlecell_dicts import load_mapping
+    from bioviz.adapters.singlecell.dicts import load_mapping
 
     class Payload:
         def __reduce__(self):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import bioviz
-from bioviz.adapters.singlecell_demo import pbmc68k_counts
-from bioviz.adapters.singlecell_scgpt import ScGPTAdapter, ScGPTModel, bin_values
+from bioviz.adapters.singlecell.demo import pbmc68k_counts
+from bioviz.adapters.singlecell.scgpt import ScGPTAdapter, ScGPTModel, bin_values
 
 ARGS = dict(embsize=32, nheads=2, d_hid=64, nlayers=2, n_bins=51, pad_token="<pad>", pad_value=-2, dropout=0.2)
 

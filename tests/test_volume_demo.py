@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bioviz.adapters.volume import demo_adapter, demo_bundle_path
-from bioviz.cohorts import make_brain_cohort
+from bioviz.adapters.volume import demo_adapter, demo_bundle_path, make_brain_cohort
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

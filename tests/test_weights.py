@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from bioviz.adapters import TorchAdapter
-from bioviz.weights import WeightsError, load_weights
+from bioviz.adapters.weights import WeightsError, load_weights
 
 
 def _net(seed=0):

@@ -5,7 +5,9 @@ One module per thing it owns: ``cohort`` (the manifest), ``io`` (reading and che
 scan), ``preprocess`` (MONAI transform chains and their inverse), ``networks`` (MONAI
 networks, weights, bundles, hook points), ``windows`` (sliding windows that stitch hooked
 layers), ``adapter`` (:class:`VolumeAdapter`), ``maps`` and ``montage`` (the reverse path),
-``agreement`` (maps against ground-truth masks), ``demo`` (the shipped demo model).
+``agreement`` (maps against ground-truth masks), ``phantom`` (a brain-MRI-like cohort with
+planted lesions, from the MNI152 template), ``demo`` (the shipped demo model in
+``demo_model/``). Checkpoints load through :mod:`bioviz.adapters.weights`.
 """
 
 from .adapter import VolumeAdapter
@@ -22,10 +24,12 @@ from .networks import (
     load_weights,
     read_bundle,
 )
+from .phantom import make_brain_cohort
 from .preprocess import PRESETS, PreprocessError
 
 __all__ = [
     "VolumeAdapter", "Cohort", "CohortError", "Scan", "ScanError", "load_scan", "map_agreement",
     "montage", "build_network", "hook_points", "load_weights", "read_bundle", "WeightsError",
     "WeightsReport", "PRESETS", "PreprocessError", "demo_adapter", "demo_bundle_path",
+    "make_brain_cohort",
 ]

@@ -87,25 +87,41 @@ class VolumeAdapter(Adapter):
                  allow_outside: bool = False, image_col: str = "image", mask_col: str = "mask",
                  model_name: str | None = None):
         """
-        Args:
-            network: a MONAI network config (``{"class_path": ..., "init_args": ...}``, a class
-                name in monai.networks.nets) or an ``nn.Module``. Not needed with ``bundle``.
-            weights: local ``.safetensors`` or state-dict file (read with weights_only=True).
-            bundle: a MONAI bundle directory (configs/inference.json + models/model.pt or
-                model.safetensors); gives the network, weights, preprocessing and window.
-            preprocess: ``"ct"``, ``"mri"``, a preset dict with overrides, or a list of MONAI
-                dictionary transforms (see ``preprocess.py``). Default: the bundle's, else ``"mri"``.
-            roi_size: sliding-window size; None runs each volume whole.
-            overlap, blend, sigma_scale, sw_batch_size: window overlap (0.25), blending
-                (``constant`` or ``gaussian``), Gaussian width, windows per forward pass.
-            divisor: every input side is padded to a multiple of this (default: the network's
-                total stride), so layer grids line up with voxels.
-            patch: pool this many cells per axis into one row (``2`` → 2×2×2 patches).
-            layout: ``spatial`` (one row per location) or ``scan`` (one pooled row per scan).
-            on_bad_scan: ``skip`` (log and count unreadable/invalid scans, keep going) or ``raise``.
-            strip_prefixes, allow_missing, allow_unexpected: checkpoint key handling.
-            allow_outside: let manifest paths leave the manifest's folder.
-            image_col, mask_col: manifest columns holding the image and mask paths.
+        Parameters
+        ----------
+        network : dict, str or nn.Module, optional
+            A MONAI network config (``{"class_path": ..., "init_args": ...}``, a class name in
+            monai.networks.nets) or an ``nn.Module``. Not needed with ``bundle``.
+        weights : str, optional
+            Local ``.safetensors`` or state-dict file (read with weights_only=True).
+        bundle : str, optional
+            A MONAI bundle directory (configs/inference.json + models/model.pt or
+            model.safetensors); gives the network, weights, preprocessing and window.
+        preprocess : str, dict or list, optional
+            ``"ct"``, ``"mri"``, a preset dict with overrides, or a list of MONAI dictionary
+            transforms (see ``preprocess.py``). Default: the bundle's, else ``"mri"``.
+        roi_size : int or list of int, optional
+            Sliding-window size; None runs each volume whole.
+        overlap, blend, sigma_scale, sw_batch_size
+            Window overlap (0.25), blending (``constant`` or ``gaussian``), Gaussian width,
+            windows per forward pass.
+        divisor : int, optional
+            Every input side is padded to a multiple of this (default: the network's total
+            stride), so layer grids line up with voxels.
+        patch : int or list of int
+            Pool this many cells per axis into one row (``2`` → 2×2×2 patches).
+        layout : str
+            ``spatial`` (one row per location) or ``scan`` (one pooled row per scan).
+        on_bad_scan : str
+            ``skip`` (log and count unreadable/invalid scans, keep going) or ``raise``.
+        strip_prefixes, allow_missing, allow_unexpected : tuple of str
+            Checkpoint key handling.
+        allow_outside : bool
+            Let manifest paths leave the manifest's folder.
+        image_col, mask_col : str
+            Manifest columns holding the image and mask paths.
+        model_name : str, optional
+            Name recorded in the store's manifest (default: the bundle folder's name).
         """
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
@@ -237,7 +253,12 @@ class VolumeAdapter(Adapter):
 
     def logits(self, output) -> torch.Tensor:
         if isinstance(output, list):  # scans run one by one: their outputs, skipped ones left out
-            return torch.cat([super(VolumeAdapter, self).logits(o) for o in output if o is not None])
+            kept = [super(VolumeAdapter, self).logits(o) for o in output if o is not None]
+            if not kept:
+                raise ValueError("no model output to score: every scan of the batch was skipped, or the "
+                                 "network's output is not a spatial map that sliding windows can stitch "
+                                 "(run it without roi_size)")
+            return torch.cat(kept)
         return super().logits(output)
 
     def rows(self, layer: str, activation, batch: Batch) -> tuple[torch.Tensor, pd.DataFrame]:

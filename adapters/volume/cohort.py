@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bioviz.tables import TableError, read_table
+
 log = logging.getLogger(__name__)
 
 #: obs columns the volume adapter writes itself; a clinical column may not reuse them
@@ -94,19 +96,10 @@ class Cohort:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise CohortError(f"manifest not found: {path}")
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
     try:
-        if suffix in (".csv", ".csv.gz"):
-            return pd.read_csv(path, dtype={"subject_id": str, "sample_id": str})
-        if suffix in (".tsv", ".tab", ".txt", ".tsv.gz"):
-            return pd.read_csv(path, sep="\t", dtype={"subject_id": str, "sample_id": str})
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as e:
-        raise CohortError(f"{path}: cannot read the manifest ({type(e).__name__}: {e})") from None
-    raise CohortError(f"{path}: unsupported manifest type {suffix!r}; use .csv, .tsv or .parquet")
+        return read_table(path, what="manifest")
+    except (FileNotFoundError, TableError) as e:
+        raise CohortError(str(e)) from None
 
 
 def _where(i: int, line_offset: int | None) -> str:

@@ -13,12 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bioviz.weights import STRIP_PREFIXES, WeightsError, WeightsReport, load_weights  # noqa: F401
-
-#: prefixes that wrappers add to parameter names (DDP, self-supervised backbones, Lightning)
-#: keys a checkpoint may lack without it being a real mismatch (older torch BatchNorm)
-
-
+from ..weights import STRIP_PREFIXES, WeightsError, WeightsReport, load_weights  # noqa: F401
 
 
 def build_network(spec) -> nn.Module:

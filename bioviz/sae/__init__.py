@@ -7,22 +7,18 @@
     out = sae(x); losses = sae.loss(x, out)
     sae.save("run/sae"); sae = load_sae("run/sae", expect_d_in=512)
 
-Architectures (``ARCHITECTURES``): topk, batchtopk, relu, jumprelu, matryoshka.
+Architectures (``ARCHITECTURES``): topk, batchtopk, relu, jumprelu, matryoshka. Training
+(Lightning): ``bioviz.train`` / :mod:`bioviz.sae.train`, set up by ``SAEConfig`` and
+``OptimConfig``.
 """
 
 from . import jumprelu, matryoshka, relu, topk  # noqa: F401  (registers the architectures)
-from .base import (
-    ARCHITECTURES,
-    SAEOutput,
-    SparseAutoencoder,
-    fraction_of_variance_unexplained,
-    geometric_median,
-    register,
-)
-from .config import FORMAT_VERSION, SAEConfig
+from .base import SAEOutput, SparseAutoencoder, fraction_of_variance_unexplained, geometric_median
+from .config import FORMAT_VERSION, OptimConfig, SAEConfig
 from .io import build_sae, load_sae, save_sae
 from .jumprelu import JumpReLUSAE
 from .matryoshka import MatryoshkaSAE
+from .registry import ARCHITECTURES, register
 from .relu import ReLUSAE
 from .sparse import SparseCodes
 from .topk import BatchTopKSAE, TopKSAE
@@ -33,6 +29,7 @@ __all__ = [
     "BatchTopKSAE",
     "JumpReLUSAE",
     "MatryoshkaSAE",
+    "OptimConfig",
     "ReLUSAE",
     "SAEConfig",
     "SAEOutput",

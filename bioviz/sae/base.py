@@ -15,7 +15,7 @@ and the computation, in normalised units (``s`` = the fitted normalisation scala
 A training step, as the Lightning module is expected to run it::
 
     out = sae(x)                    # in train mode also updates dead-latent statistics
-    losses = sae.loss(x, out)       # dict: 'loss', 'mse', 'fvu', architecture terms
+    losses = sae.loss(x, out, sparsity_scale=ramp)  # dict: 'loss', 'mse', 'fvu', terms
     losses["loss"].backward()
     sae.remove_parallel_grads_()    # before optimizer.step()
     optimizer.step()
@@ -23,6 +23,10 @@ A training step, as the Lightning module is expected to run it::
 
 Before training: ``sae.fit_normalisation(batches)`` then ``sae.init_from_data(sample)``
 (in that order: b_dec lives in normalised units).
+
+An architecture is a subclass registered with ``@register(name)``; it owns its facts:
+``config_fields`` (the SAEConfig fields it uses besides the common ones),
+``check_config`` (their checks, which ``SAEConfig.validate`` calls) and ``uses_auxk``.
 """
 
 from __future__ import annotations
@@ -39,21 +43,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SAEConfig
+from .io import save_sae
+from .registry import ARCHITECTURES, register
 from .sparse import SparseCodes, decode_sparse, gather_preacts
 
-#: name -> class; filled by ``@register`` when the architecture modules are imported.
-ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {}
-
-
-def register(name: str):
-    """Class decorator: make an architecture buildable from ``SAEConfig(architecture=name)``."""
-
-    def deco(cls):
-        cls.architecture = name
-        ARCHITECTURES[name] = cls
-        return cls
-
-    return deco
+__all__ = ["ARCHITECTURES", "SAEOutput", "SparseAutoencoder", "fraction_of_variance_unexplained",
+           "geometric_median", "register"]
 
 
 @dataclass
@@ -127,12 +122,41 @@ def _all_ranks(fired: Tensor, n: int) -> tuple[Tensor, int]:
 
 
 class SparseAutoencoder(nn.Module):
-    """Base class. Subclasses implement ``_encode`` (and optionally ``_penalties``,
-    ``_reconstruction_loss``, ``_after_train_forward``) and register with ``@register``."""
+    """Base class of the SAE architectures.
+
+    Subclasses implement ``_encode`` (and optionally ``_penalties``,
+    ``_reconstruction_loss``, ``_after_train_forward``), declare ``config_fields`` and
+    ``check_config``, and register with ``@register``. Build one with
+    ``bioviz.sae.build_sae(config)``.
+
+    Parameters
+    ----------
+    config
+        Its settings; the SAE keeps a validated copy as ``self.cfg`` (fitted scalars go
+        into the copy).
+    """
 
     architecture: ClassVar[str] = ""
     #: whether the AuxK dead-latent loss is part of this architecture's objective
     uses_auxk: ClassVar[bool] = False
+    #: the SAEConfig fields this architecture uses besides ``config.COMMON_FIELDS``
+    config_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check_config(cls, cfg: SAEConfig) -> list[str]:
+        """Check the fields this architecture uses (``SAEConfig.validate`` calls it).
+
+        Parameters
+        ----------
+        cfg
+            The config; its common fields are checked by ``SAEConfig.validate``.
+
+        Returns
+        -------
+        list of str
+            One message per problem, each naming the parameter; empty when valid.
+        """
+        return []
 
     def __init__(self, config: SAEConfig):
         super().__init__()
@@ -220,16 +244,31 @@ class SparseAutoencoder(nn.Module):
             pre_acts=pre, sparse_codes=sparse, dense_codes=dense, terms=terms,
         )
 
-    def loss(self, x: Tensor, out: SAEOutput) -> dict[str, Tensor]:
+    def loss(self, x: Tensor, out: SAEOutput, *, sparsity_scale: float = 1.0) -> dict[str, Tensor]:
         """Loss terms for ``out = self(x)``, all in normalised units.
 
-        'loss' (what to backpropagate), 'mse' (per-element mean squared error of the full
-        reconstruction), 'fvu' (detached, for logging), plus the architecture's terms
-        ('l1', 'l0_penalty', 'auxk', prefix errors), each reported unweighted."""
+        Parameters
+        ----------
+        x
+            The inputs ``out`` was computed from, [n, d_in], in the caller's units.
+        out
+            ``self(x)``.
+        sparsity_scale
+            Factor on the sparsity penalty's coefficient (relu's ``l1_coefficient``,
+            jumprelu's ``l0_coefficient``): the training loop's warm-up ramp from 0 to 1.
+            The config keeps the configured coefficient.
+
+        Returns
+        -------
+        dict of str to Tensor
+            'loss' (what to backpropagate), 'mse' (per-element mean squared error of the
+            full reconstruction), 'fvu' (detached, for logging), plus the architecture's
+            terms ('l1', 'l0_penalty', 'auxk', prefix errors), each reported unweighted.
+        """
         target = self._as_input(x) * self.norm_scale
         terms = {"mse": F.mse_loss(out.x_hat_normalised, target)}
         total = self._reconstruction_loss(target, out, terms)
-        for name, (value, weight) in self._penalties(target, out).items():
+        for name, (value, weight) in self._penalties(target, out, sparsity_scale).items():
             terms[name] = value
             total = total + weight * value
         terms["loss"] = total
@@ -248,8 +287,10 @@ class SparseAutoencoder(nn.Module):
     def _reconstruction_loss(self, target: Tensor, out: SAEOutput, terms: dict) -> Tensor:
         return terms["mse"]
 
-    def _penalties(self, target: Tensor, out: SAEOutput) -> dict[str, tuple[Tensor, float]]:
-        """name -> (unweighted value, weight in the total loss)."""
+    def _penalties(self, target: Tensor, out: SAEOutput,
+                   sparsity_scale: float = 1.0) -> dict[str, tuple[Tensor, float]]:
+        """name -> (unweighted value, weight in the total loss); ``sparsity_scale``
+        multiplies the sparsity penalty's weight (not AuxK's)."""
         if self.uses_auxk and self.cfg.auxk_coefficient > 0:
             return {"auxk": (self.auxk_loss(target, out), self.cfg.auxk_coefficient)}
         return {}
@@ -434,8 +475,6 @@ class SparseAutoencoder(nn.Module):
 
     def save(self, path_dir) -> None:
         """Write ``sae.safetensors`` and ``sae.json`` into ``path_dir`` (see ``bioviz.sae.io``)."""
-        from .io import save_sae
-
         save_sae(self, path_dir)
 
     def extra_repr(self) -> str:

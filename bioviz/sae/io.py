@@ -15,13 +15,17 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .base import ARCHITECTURES, SparseAutoencoder
 from .config import FORMAT_VERSION, SAEConfig
+from .registry import ARCHITECTURES
+
+if TYPE_CHECKING:  # annotations only: base imports this module (SparseAutoencoder.save)
+    from .base import SparseAutoencoder
 
 FORMAT = "bioviz.sae"
 WEIGHTS_FILE = "sae.safetensors"
@@ -30,7 +34,23 @@ _DOC_KEYS = ("format", "format_version", "tensors")
 
 
 def build_sae(config: SAEConfig | dict) -> SparseAutoencoder:
-    """Instantiate the registered architecture named by ``config.architecture``."""
+    """Instantiate the registered architecture named by ``config.architecture``.
+
+    Parameters
+    ----------
+    config
+        The config, or its ``to_dict()`` form; validated first.
+
+    Returns
+    -------
+    SparseAutoencoder
+        A new SAE with initial weights (seeded by ``config.seed``), in train mode.
+
+    Raises
+    ------
+    ValueError
+        The config is invalid (every problem listed, each naming the parameter).
+    """
     if isinstance(config, dict):
         config = SAEConfig.from_dict(config)
     config.validate()
@@ -38,8 +58,23 @@ def build_sae(config: SAEConfig | dict) -> SparseAutoencoder:
 
 
 def save_sae(sae: SparseAutoencoder, path_dir) -> Path:
-    """Write the checkpoint; each file is written to a temporary name and renamed, the JSON
-    last, so a reader never sees a half-written checkpoint. Returns the directory."""
+    """Write the checkpoint: ``sae.safetensors`` and ``sae.json`` in ``path_dir``.
+
+    Each file is written to a temporary name and renamed, the JSON last, so a reader never
+    sees a half-written checkpoint.
+
+    Parameters
+    ----------
+    sae
+        The SAE; its ``fitted_config()`` becomes ``sae.json``.
+    path_dir
+        The checkpoint directory (created if missing).
+
+    Returns
+    -------
+    pathlib.Path
+        The directory.
+    """
     path = Path(path_dir)
     path.mkdir(parents=True, exist_ok=True)
     cfg = sae.fitted_config()
@@ -77,10 +112,31 @@ def load_sae(
 ) -> SparseAutoencoder:
     """Load a checkpoint written by ``save_sae``, in eval mode.
 
-    Every disagreement is a ``ValueError`` naming the file and what differs: JSON vs
-    safetensors header (architecture, sizes), tensor names and shapes vs what
-    ``d_in``/``d_sae`` imply, ``expect_architecture`` and ``expect_d_in`` (the width of the
-    activations you are about to encode). A missing file is ``FileNotFoundError``.
+    Parameters
+    ----------
+    path_dir
+        The checkpoint directory (``sae.json`` + ``sae.safetensors``).
+    expect_architecture
+        Refuse a checkpoint of another architecture.
+    expect_d_in
+        Refuse a checkpoint trained on activations of another width (give the width of
+        the activations you are about to encode).
+    device
+        Where to put the weights.
+
+    Returns
+    -------
+    SparseAutoencoder
+        The SAE, in eval mode.
+
+    Raises
+    ------
+    ValueError
+        Any disagreement, naming the file and what differs: JSON vs safetensors header
+        (architecture, sizes), tensor names and shapes vs what ``d_in``/``d_sae`` imply,
+        ``expect_architecture``, ``expect_d_in``.
+    FileNotFoundError
+        A file is missing.
     """
     path = Path(path_dir)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE

@@ -11,7 +11,8 @@ rectangle kernel K(u) = 1[|u| < 1/2] of bandwidth eps (``jumprelu_bandwidth``):
     d H(z_i - theta_i) / d theta_i := -(1 / eps) K((z_i - theta_i) / eps)
 
 while d codes / d z = H(z - theta) and the L0 term passes no gradient to z (as in the
-paper's reference code). The L0 coefficient is settable (``sae.l0_coefficient``).
+paper's reference code). The L0 coefficient is settable (``sae.l0_coefficient``); the
+training loop warms it up by passing ``sparsity_scale`` to ``loss``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SAEOutput, SparseAutoencoder, register
+from .base import SAEOutput, SparseAutoencoder
+from .config import SAEConfig, _finite_non_negative, _positive
+from .registry import register
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -62,6 +65,15 @@ class _Step(torch.autograd.Function):
 
 @register("jumprelu")
 class JumpReLUSAE(SparseAutoencoder):
+    """JumpReLU codes (a learned threshold per latent) with an L0 penalty."""
+
+    config_fields = ("l0_coefficient", "jumprelu_bandwidth", "jumprelu_init_threshold")
+
+    @classmethod
+    def check_config(cls, cfg: SAEConfig) -> list[str]:
+        return (super().check_config(cfg) + _finite_non_negative(cfg, "l0_coefficient")
+                + _positive(cfg, "jumprelu_bandwidth", "jumprelu_init_threshold"))
+
     def __init__(self, config):
         super().__init__(config)
         init = math.log(self.cfg.jumprelu_init_threshold)
@@ -69,6 +81,7 @@ class JumpReLUSAE(SparseAutoencoder):
 
     @property
     def l0_coefficient(self) -> float:
+        """The L0 coefficient (``cfg.l0_coefficient``); settable."""
         return self.cfg.l0_coefficient
 
     @l0_coefficient.setter
@@ -83,7 +96,7 @@ class JumpReLUSAE(SparseAutoencoder):
         z = F.relu(torch.addmm(self.b_enc, x_c, self.W_enc))
         return _JumpReLU.apply(z, self.threshold, self.cfg.jumprelu_bandwidth), z, {}
 
-    def _penalties(self, target: Tensor, out: SAEOutput):
+    def _penalties(self, target: Tensor, out: SAEOutput, sparsity_scale: float = 1.0):
         # z detached: the step passes no gradient to it anyway, and this keeps the graph small
         l0 = _Step.apply(out.pre_acts.detach(), self.threshold, self.cfg.jumprelu_bandwidth)
-        return {"l0_penalty": (l0.sum(-1).mean(), self.l0_coefficient / self.d_in)}
+        return {"l0_penalty": (l0.sum(-1).mean(), self.l0_coefficient * sparsity_scale / self.d_in)}

@@ -15,13 +15,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SAEOutput, register
+from .base import SAEOutput
+from .config import SAEConfig, _is_int
+from .registry import register
 from .sparse import decode_sparse
 from .topk import BatchTopKSAE
 
 
 @register("matryoshka")
 class MatryoshkaSAE(BatchTopKSAE):
+    """BatchTopK codes, trained so that every prefix of the dictionary
+    (``matryoshka_prefixes``) reconstructs the input on its own."""
+
+    config_fields = (*BatchTopKSAE.config_fields, "matryoshka_prefixes")
+
+    @classmethod
+    def check_config(cls, cfg: SAEConfig) -> list[str]:
+        errors = super().check_config(cfg)
+        if not (_is_int(cfg.d_sae) and cfg.d_sae >= 1):
+            return errors  # the prefixes are checked against d_sae, reported elsewhere
+        prefixes = cfg.resolved_prefixes
+        if not all(_is_int(m) and m >= 1 for m in prefixes):
+            errors.append(f"matryoshka_prefixes={prefixes} must be positive integers")
+        elif any(b <= a for a, b in zip(prefixes, prefixes[1:])):
+            errors.append(f"matryoshka_prefixes={prefixes} must be strictly increasing")
+        elif prefixes[-1] != cfg.d_sae:
+            errors.append(
+                f"matryoshka_prefixes={prefixes} must end at d_sae={cfg.d_sae} "
+                "(the last prefix is the whole dictionary)"
+            )
+        return errors
+
     @property
     def prefixes(self) -> list[int]:
         return self.cfg.resolved_prefixes

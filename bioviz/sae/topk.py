@@ -8,17 +8,35 @@ selects, and gives the selected values a sparse backward (see ``bioviz.sae.spars
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 from torch import Tensor
 
-from .base import SparseAutoencoder, _distributed, register
+from .base import SparseAutoencoder, _distributed
+from .config import SAEConfig, _finite_non_negative, _is_int, _is_number
+from .registry import register
 from .sparse import SparseCodes, batch_topk, gather_preacts
 
 
 class _TopKFamily(SparseAutoencoder):
+    """Codes from a top-k selection: ``k``, AuxK (``k_aux``, ``auxk_coefficient``) and the
+    sparse decode/backward (``sparse_path``) apply."""
+
     uses_auxk = True
+    config_fields = ("k", "k_aux", "auxk_coefficient", "sparse_path")
+
+    @classmethod
+    def check_config(cls, cfg: SAEConfig) -> list[str]:
+        errors = super().check_config(cfg)
+        if not _is_int(cfg.k) or cfg.k < 1:
+            errors.append(f"k={cfg.k!r} must be an integer >= 1")
+        elif _is_int(cfg.d_sae) and cfg.d_sae >= 1 and cfg.k > cfg.d_sae:
+            errors.append(f"k={cfg.k} is larger than d_sae={cfg.d_sae}")
+        if cfg.k_aux is not None and (not _is_int(cfg.k_aux) or cfg.k_aux < 1):
+            errors.append(f"k_aux={cfg.k_aux!r} must be an integer >= 1 (or None)")
+        return errors + _finite_non_negative(cfg, "auxk_coefficient")
 
     def _select(self, pre: Tensor) -> SparseCodes:
         """Positions (and raw values) of the active entries of detached ``pre``."""
@@ -61,6 +79,19 @@ class BatchTopKSAE(_TopKFamily):
     buffer (saved; in normalised units); until it has been estimated, eval mode falls back
     to the batch selection with a warning.
     """
+
+    config_fields = (*_TopKFamily.config_fields, "threshold_momentum", "inference_threshold")
+
+    @classmethod
+    def check_config(cls, cfg: SAEConfig) -> list[str]:
+        errors = super().check_config(cfg)
+        m = cfg.threshold_momentum
+        if not _is_number(m) or not 0 < m <= 1:
+            errors.append(f"threshold_momentum={m!r} must be in (0, 1]")
+        t = cfg.inference_threshold
+        if t is not None and not (_is_number(t) and math.isfinite(t) and t >= 0):
+            errors.append(f"inference_threshold={t!r} must be a finite number >= 0 (or None)")
+        return errors
 
     def __init__(self, config):
         super().__init__(config)

@@ -1,68 +1,233 @@
-"""The LightningModule that trains one SAE, or several on the same batches (a k sweep):
-science here, engineering (devices, DDP, checkpoints, logging) in the Trainer."""
+"""Training sparse autoencoders with Lightning: :func:`train` (``bioviz.train``) from Python,
+and the :class:`SAEModule` it runs, which the command line's LightningCLI runs too.
+
+Science here, engineering (devices, DDP, checkpoints, logging) in the Trainer. An SAE's
+settings are one typed :class:`~bioviz.sae.SAEConfig`; how it is optimised, an
+:class:`~bioviz.sae.OptimConfig`; a sweep trains several SAEs on the same batches.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import math
+import re
+import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.loggers import CSVLogger
 
 from .base import SparseAutoencoder
-from .config import SAEConfig
-from .io import build_sae, save_sae
+from .config import OptimConfig, SAEConfig
+from .data import ActivationDataModule
+from .io import build_sae, load_sae, save_sae
+
+__all__ = ["SAEModule", "StepProgressBar", "quiet_lightning", "train"]
+
+#: d_sae = 16 x d_in when the SAE config gives neither d_sae nor expansion_factor.
+DEFAULT_EXPANSION_FACTOR = 16
+# SAEConfig fields that training fills in; a sweep cannot vary them.
+_FILLED_FIELDS = ("d_in", "provenance", "training")
+
+
+def train(store, layer: str | None = None, *, sae: SAEConfig | dict | None = None,
+          sweep: list[dict[str, Any]] | None = None, optim: OptimConfig | dict | None = None,
+          max_steps: int = 1000, batch_size: int = 4096, output_dir: str = "runs/sae",
+          trainer: dict | None = None, seed: int = 0, buffer_rows: int = 262_144,
+          ckpt_path: str | None = None) -> list[SparseAutoencoder]:
+    """Train one SAE (or a sweep of them) on one layer of an activation store.
+
+    The command line's ``fit`` runs the same :class:`SAEModule` and
+    :class:`~bioviz.sae.data.ActivationDataModule` through LightningCLI, with the same
+    ``sae``, ``sweep`` and ``optim`` sections.
+
+    Parameters
+    ----------
+    store
+        Path of the :class:`~bioviz.store.ActivationStore`.
+    layer
+        Which stored layer (may be omitted when the store holds one).
+    sae
+        The SAE: an :class:`~bioviz.sae.SAEConfig` or a dict of its fields
+        (``{"architecture": "topk", "expansion_factor": 16, "k": 32}``). ``d_in`` comes from
+        the store; with neither ``d_sae`` nor ``expansion_factor``, d_sae = 16 x d_in.
+    sweep
+        Overrides of ``sae``, one SAE each (``[{"k": 16}, {"k": 64}]``); all train on the
+        same batches in one pass over the data, each into its own folder
+        (``topk_k16``, ...).
+    optim
+        Optimiser settings: an :class:`~bioviz.sae.OptimConfig` or a dict of its fields
+        (lr, warmup_steps, decay_fraction, sparsity_warmup_steps, grad_clip,
+        dead_window_rows, resample_dead_every).
+    max_steps
+        Optimiser steps (the store is cycled through as often as needed).
+    batch_size
+        Rows per step, per process.
+    output_dir
+        Where the SAEs are written (``sae.json`` + ``sae.safetensors``, one folder each;
+        the name of the architecture, plus the sweep's overrides) and, unless ``trainer``
+        says otherwise, the CSV metrics (``lightning_logs/version_*/metrics.csv``).
+    trainer
+        Further ``lightning.Trainer`` arguments (accelerator, devices, strategy, num_nodes,
+        log_every_n_steps, logger, callbacks, enable_progress_bar, ...).
+    seed
+        Seeds the initial weights, the shuffle order and Lightning (``seed_everything``).
+    buffer_rows
+        Rows held in memory for shuffling.
+    ckpt_path
+        A Lightning checkpoint to resume a killed run from (with ``trainer={"callbacks":
+        [ModelCheckpoint(...)]}`` writing them); the result equals an uninterrupted run.
+
+    Returns
+    -------
+    list of SparseAutoencoder
+        The trained SAEs, loaded back from ``output_dir`` (one, or one per sweep entry).
+
+    Raises
+    ------
+    ValueError
+        Invalid settings (an unknown key in ``sae``, ``optim`` or a sweep entry; a value
+        out of range, each named), before training starts; non-finite activations in a
+        batch, naming the step and the store rows.
+
+    Examples
+    --------
+    A store of a small model's activations, then a TopK SAE with 4 x as many latents:
+
+    >>> import tempfile, torch
+    >>> import bioviz as bv
+    >>> from bioviz.adapters import TorchAdapter
+    >>> folder = tempfile.mkdtemp()
+    >>> model = torch.nn.Sequential(torch.nn.Linear(16, 16))
+    >>> data = [{"x": x} for x in torch.randn(2000, 16)]
+    >>> store = bv.extract(TorchAdapter(model, input_key="x"), data, "0", f"{folder}/store",
+    ...                    progress=False)
+    >>> sae, = bv.train(store.path, "0", sae={"architecture": "topk", "expansion_factor": 4, "k": 4},
+    ...                 optim={"lr": 3e-3}, max_steps=20, batch_size=200,
+    ...                 output_dir=f"{folder}/sae", trainer={"enable_progress_bar": False})
+    >>> sae.architecture, sae.d_in, sae.d_sae, sae.cfg.k
+    ('topk', 16, 64, 4)
+    >>> sae.cfg.training["steps"], sae.cfg.provenance["layer"]
+    (20, '0')
+
+    A sweep over k trains two SAEs on the same batches:
+
+    >>> saes = bv.train(store.path, sae={"expansion_factor": 2}, sweep=[{"k": 2}, {"k": 8}],
+    ...                 max_steps=5, batch_size=200, output_dir=f"{folder}/sweep",
+    ...                 trainer={"enable_progress_bar": False})
+    >>> [s.cfg.k for s in saes]
+    [2, 8]
+    """
+    sae = SAEConfig.coerce(sae, "sae")
+    optim = OptimConfig.coerce(optim, "optim")
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = ActivationDataModule(store, layer, batch_size=batch_size, buffer_rows=buffer_rows, seed=seed)
+    module = SAEModule(sae=sae, sweep=sweep, optim=optim, output_dir=output_dir, seed=seed)
+    opts = {"max_steps": max_steps, "enable_model_summary": False, "log_every_n_steps": 50,
+            "deterministic": True, "default_root_dir": output_dir, **(trainer or {})}
+    if "logger" not in opts:  # explicit: Lightning's default logger=True warns about TensorBoard
+        opts["logger"] = CSVLogger(save_dir=opts["default_root_dir"])
+    callbacks = opts.get("callbacks") or []
+    callbacks = [callbacks] if isinstance(callbacks, L.Callback) else list(callbacks)
+    if opts.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        opts["callbacks"] = [*callbacks, StepProgressBar()]
+    with quiet_lightning():
+        tr = L.Trainer(**opts)
+        tr.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    return [load_sae(f"{output_dir}/{name}") for name in module.names]
 
 
 class SAEModule(L.LightningModule):
     """Train sparse autoencoders on the batches of an :class:`ActivationDataModule`.
 
-    Args:
-        architecture: ``topk``, ``batchtopk``, ``relu``, ``jumprelu`` or ``matryoshka``.
-        expansion_factor: d_sae = expansion_factor × d_in (ignored when ``d_sae`` is given).
-        d_sae: dictionary size.
-        k: active latents per row (top-k family).
-        sweep: overrides of the base settings, one SAE each (``[{k: 16}, {k: 64}]``); all
-            train on the same batches in one pass over the data.
-        options: further SAEConfig fields for every SAE (``matryoshka_prefixes``,
-            ``l1_coefficient``, ``auxk_coefficient``, ``b_dec_init``, ...).
-        lr: Adam learning rate; default 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024).
-        warmup_steps: linear learning-rate warm-up.
-        decay_fraction: the last fraction of ``max_steps`` decays the rate linearly to 0.
-        sparsity_warmup_steps: the L1/L0 coefficient ramps linearly from 0 (relu, jumprelu).
-        grad_clip: per-SAE gradient-norm clip (0 disables).
-        dead_window_rows: rows without firing after which a latent counts as dead (default:
-            10M rows as in Gao et al., or one pass over a smaller store).
-        resample_dead_every: resample dead latents every N steps (0: never; AuxK is the default cure).
-        output_dir: where the final SAEs are written (safetensors + JSON), one folder each.
-        seed: initial weights.
+    One SAE, or several on the same batches (a sweep). The SAEs are built in ``setup``,
+    once the data says what ``d_in`` is; every config is validated then, before the first
+    step.
+
+    Parameters
+    ----------
+    sae
+        The SAE's settings (architecture, sizes, k, coefficients, ...; see
+        :class:`~bioviz.sae.SAEConfig`). d_in comes from the data. Neither d_sae nor
+        expansion_factor given: expansion_factor 16. Default: a TopK SAE with k 32.
+    sweep
+        Overrides of sae, one SAE each (``[{k: 16}, {k: 64}]``); all train on the same
+        batches in one pass over the data. The keys must be SAEConfig fields.
+    optim
+        How the SAEs are optimised (learning rate and its schedule, sparsity warm-up,
+        gradient clipping, dead latents; see :class:`~bioviz.sae.OptimConfig`).
+    output_dir
+        Where the final SAEs are written (safetensors + JSON), one folder each.
+    seed
+        Seed of the initial weights (each SAE's ``SAEConfig.seed``; a sweep may vary it).
     """
 
-    def __init__(self, architecture: str = "topk", expansion_factor: float = 16, d_sae: int | None = None,
-                 k: int = 32, sweep: list[dict] | None = None, options: dict | None = None,
-                 lr: float | None = None, warmup_steps: int = 100, decay_fraction: float = 0.2,
-                 sparsity_warmup_steps: int = 1000, grad_clip: float = 1.0,
-                 dead_window_rows: int | None = None, resample_dead_every: int = 0,
-                 output_dir: str = "runs/sae", seed: int = 0):
+    def __init__(self, sae: SAEConfig | None = None, sweep: list[dict[str, Any]] | None = None,
+                 optim: OptimConfig | None = None, output_dir: str = "runs/sae", seed: int = 0):
         super().__init__()
-        self.save_hyperparameters()
+        # coerce: a copy, and dicts are accepted too (a checkpoint's hparams hold dicts)
+        sae = SAEConfig.coerce(sae, "sae")
+        if sae.d_sae is None and sae.expansion_factor is None:
+            sae.expansion_factor = DEFAULT_EXPANSION_FACTOR
+        if sae.seed is not None and sae.seed != seed:
+            raise ValueError(f"sae: seed={sae.seed!r} disagrees with the training seed={seed!r}; "
+                             "give the seed once, as seed")
+        optim = OptimConfig.coerce(optim, "optim").validate()
+        sweep = _check_sweep(sweep)
+        self.sae_config, self.sweep, self.optim_config = sae, sweep, optim
+        self.output_dir, self.seed = output_dir, seed
+        # plain dicts: checkpoints are read with weights_only=True, which refuses dataclasses
+        self.save_hyperparameters({"sae": dataclasses.asdict(sae), "sweep": sweep,
+                                   "optim": dataclasses.asdict(optim), "output_dir": output_dir,
+                                   "seed": seed})
         self.saes = torch.nn.ModuleList()
         self.names: list[str] = []
 
     # -- building, once the data says what d_in is -------------------------------------
 
     def configs(self, d_in: int, n_rows: int) -> list[tuple[str, SAEConfig]]:
-        hp = self.hparams
-        window = hp.dead_window_rows or min(10_000_000, n_rows)
-        base = {"architecture": hp.architecture, "d_in": d_in, "k": hp.k, "seed": hp.seed,
-                "dead_rows_threshold": window, **(hp.options or {})}
-        if hp.d_sae is not None:
-            base["d_sae"] = hp.d_sae
-        else:
-            base["expansion_factor"] = hp.expansion_factor
+        """The name (output folder) and validated config of each SAE to train.
+
+        Parameters
+        ----------
+        d_in
+            Width of the training activations.
+        n_rows
+            Rows in the store (the dead-latent window is capped at one pass).
+
+        Returns
+        -------
+        list of (str, SAEConfig)
+            One entry, or one per sweep entry.
+        """
+        given = self.sae_config
+        if given.d_in and given.d_in != d_in:
+            raise ValueError(f"sae: d_in={given.d_in!r} but the training data has d={d_in}")
+        window = self.optim_config.dead_window_rows
+        if window is None and isinstance(given.dead_rows_threshold, int):
+            window = min(given.dead_rows_threshold, n_rows)
+        base = {**dataclasses.asdict(given), "d_in": d_in, "seed": self.seed}
+        if window is not None:
+            base["dead_rows_threshold"] = window
         out = []
-        for over in hp.sweep or [{}]:
-            cfg = SAEConfig(**{**base, **over}).validate()
+        for i, over in enumerate(self.sweep or [{}]):
+            fields = {**base, **over}
+            # a sweep over sizes replaces the base's way of giving the size
+            if "d_sae" in over and "expansion_factor" not in over:
+                fields["expansion_factor"] = None
+            if "expansion_factor" in over and "d_sae" not in over:
+                fields["d_sae"] = None
+            try:
+                cfg = SAEConfig(**fields).validate()
+            except ValueError as err:
+                raise ValueError(f"sweep[{i}]={over}: {err}" if over else str(err)) from None
             name = cfg.architecture + "".join(f"_{k}{v}" for k, v in sorted(over.items())) if over else cfg.architecture
             out.append((name, cfg))
         return out
@@ -87,9 +252,9 @@ class SAEModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------
 
     def configure_optimizers(self):
-        hp = self.hparams
+        opt_cfg = self.optim_config
         d_sae = self.saes[0].d_sae
-        lr = hp.lr or 2e-4 / math.sqrt(d_sae / 2**14)
+        lr = opt_cfg.lr or 2e-4 / math.sqrt(d_sae / 2**14)
         # Biases live in normalised input units (per-element RMS ~1) while weight entries are
         # ~1/sqrt(d_in): give the biases a sqrt(d_in) larger step so both move alike (without
         # it the biases lag and early FVU trails SAELens/dictionary_learning by ~0.06).
@@ -102,14 +267,18 @@ class SAEModule(L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else None
 
         def schedule(step: int) -> float:
-            warm = min(1.0, (step + 1) / max(1, hp.warmup_steps))
-            if total is None or hp.decay_fraction <= 0:
+            warm = min(1.0, (step + 1) / max(1, opt_cfg.warmup_steps))
+            if total is None or opt_cfg.decay_fraction <= 0:
                 return warm
-            decay_start = total * (1 - hp.decay_fraction)
+            decay_start = total * (1 - opt_cfg.decay_fraction)
             return warm * min(1.0, max(0.0, (total - step) / max(1.0, total - decay_start)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def sparsity_scale(self) -> float:
+        """The sparsity warm-up at this step: the L1/L0 coefficient's factor, 0 -> 1."""
+        return min(1.0, (self.global_step + 1) / max(1, self.optim_config.sparsity_warmup_steps))
 
     def training_step(self, batch, batch_idx):
         x, index = batch
@@ -120,13 +289,12 @@ class SAEModule(L.LightningModule):
                 f"{min(bad)}..{max(bad)} ({len(bad)} rows, e.g. {bad[:5]}); re-extract with "
                 "nonfinite='drop' or fix the layer"
             )
-        ramp = min(1.0, (self.global_step + 1) / max(1, self.hparams.sparsity_warmup_steps))
+        ramp = self.sparsity_scale()
         log_now = self.global_step % max(1, self.trainer.log_every_n_steps) == 0
         total = x.new_zeros(())
         for name, sae in zip(self.names, self.saes):
-            _set_sparsity_ramp(sae, ramp)
             out = sae(x)
-            losses = sae.loss(x, out)
+            losses = sae.loss(x, out, sparsity_scale=ramp)
             total = total + losses["loss"]
             if log_now:
                 self.log_dict(_metrics(name, sae, x, out, losses), on_step=True, prog_bar=False)
@@ -135,13 +303,13 @@ class SAEModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         for sae in self.saes:
             sae.remove_parallel_grads_()
-            if self.hparams.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), self.hparams.grad_clip)
+            if self.optim_config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), self.optim_config.grad_clip)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         for sae in self.saes:
             sae.normalise_decoder_()
-        every = self.hparams.resample_dead_every
+        every = self.optim_config.resample_dead_every
         if every and (self.global_step % every == 0):
             self._resample(batch[0])
 
@@ -156,28 +324,116 @@ class SAEModule(L.LightningModule):
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
-            self.export(self.hparams.output_dir)
+            self.export(self.output_dir)
         # every rank may read the artifact next (bioviz.train does): wait until it is written
         self.trainer.strategy.barrier("bioviz-sae-export")
 
     def export(self, output_dir) -> list[Path]:
-        """Write every SAE as safetensors + JSON (architecture, dims, k/thresholds,
-        normalisation, training settings, provenance)."""
+        """Write every SAE as safetensors + JSON.
+
+        ``sae.json`` holds the SAE's config (architecture, dims, k/thresholds, fitted
+        normalisation, provenance) and, under ``training``, the optimiser settings, the
+        sweep, the seed and the number of steps taken.
+
+        Parameters
+        ----------
+        output_dir
+            One folder per SAE is written in it, named as ``self.names``.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The folders.
+        """
+        training = {**dataclasses.asdict(self.optim_config), "sweep": self.sweep,
+                    "seed": self.seed, "steps": int(self.global_step)}
         paths = []
-        training = {k: v for k, v in self.hparams.items() if k != "output_dir"}
-        training["steps"] = int(self.global_step)
         for name, sae in zip(self.names, self.saes):
             sae.cfg.training = training
             paths.append(save_sae(sae, Path(output_dir) / name))
         return paths
 
 
-def _set_sparsity_ramp(sae: SparseAutoencoder, ramp: float) -> None:
-    """Warm the L1/L0 coefficient up from 0 (the configured value is kept in ``_target``)."""
-    for attr in ("l1_coefficient", "l0_coefficient"):
-        if hasattr(type(sae), attr):
-            target = sae.__dict__.setdefault(f"_{attr}_target", getattr(sae, attr))
-            setattr(sae, attr, target * ramp)
+class StepProgressBar(TQDMProgressBar):
+    """Training progress in optimiser steps against ``max_steps`` (``step 120/600``), with
+    each SAE's latest FVU.
+
+    Lightning's own bar counts batches per epoch, which an iterable store does not have
+    (it shows ``Epoch 7/-2``). Pass it in the trainer's callbacks; :func:`train` does.
+    """
+
+    def init_train_tqdm(self) -> Tqdm:
+        return Tqdm(desc="", position=2 * self.process_position, disable=self.is_disabled,
+                    leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0, unit="step",
+                    bar_format="step {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining}{postfix}")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
+        bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
+        if not bar.disable:
+            bar.refresh()
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        pass  # one bar for the whole run, not one per pass over the store
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar, n = self.train_progress_bar, trainer.global_step
+        if self.is_enabled and not bar.disable and (n % self.refresh_rate == 0 or n == bar.total):
+            bar.n = n
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, str]:
+        return {k: f"{float(v):.3f}" for k, v in trainer.callback_metrics.items() if k.endswith("/fvu")}
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Within: Lightning prints warnings but not its info lines (device summary, "Tip"
+    advertisements, "`Trainer.fit` stopped"), nor the torch ``LeafSpec`` deprecation it
+    triggers; levels and filters are restored on exit."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+             "lightning.pytorch.accelerators.cuda")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
+                                category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+        for lg in loggers:
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _check_sweep(sweep) -> list[dict[str, Any]] | None:
+    """The sweep as a list of plain dicts; an unknown or filled-in key is an error naming it."""
+    if not sweep:
+        return None
+    if not isinstance(sweep, (list, tuple)):
+        raise TypeError(f"sweep: expected a list of dicts of SAEConfig fields, got {type(sweep).__name__}")
+    fields = SAEConfig.field_names()
+    out = []
+    for i, over in enumerate(sweep):
+        if not isinstance(over, dict):
+            raise TypeError(f"sweep[{i}]: expected a dict of SAEConfig fields, got {over!r}")
+        unknown = [key for key in over if key not in fields]
+        if unknown:
+            raise ValueError(f"sweep[{i}]: unknown key(s) {', '.join(map(repr, unknown))}; "
+                             f"SAEConfig fields: {', '.join(fields)}")
+        filled = [key for key in over if key in _FILLED_FIELDS]
+        if filled:
+            raise ValueError(f"sweep[{i}]: {', '.join(map(repr, filled))} cannot be swept "
+                             "(training fills it in)")
+        out.append(dict(over))
+    return out
 
 
 @torch.no_grad()

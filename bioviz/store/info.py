@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 from .reader import ActivationStore
 
 
-def describe(path) -> str:
-    st = ActivationStore(path)
+def describe(store: str | os.PathLike) -> str:
+    """Describe an activation store: rows, samples and subjects, model, layers, checksums.
+
+    Parameters
+    ----------
+    store
+        Directory of the ActivationStore.
+
+    Returns
+    -------
+    str
+        A few lines for people (the manifest itself is ``manifest.json``).
+    """
+    st = ActivationStore(store)
     m = st.manifest
     obs = st.read_obs(["subject_id", "sample_id"])
     lines = [

@@ -1,6 +1,6 @@
 """The embedded single-cell demo: scanpy's ``pbmc68k_reduced`` as counts, and the small
-Geneformer-architecture model trained on it (shipped in ``bioviz/data/geneformer_demo``,
-made by ``experiments/geneformer_demo.py``).
+Geneformer-architecture model trained on it (shipped as package data in
+``bioviz.adapters.singlecell``'s ``demo_model`` folder, made by ``experiments/geneformer_demo.py``).
 
 ``pbmc68k_reduced().raw.X`` holds ``log1p`` of per-cell-normalised counts, rounded to three
 decimals. :func:`pbmc68k_counts` recovers integer counts: per cell, ``expm1(x)`` divided by the
@@ -13,16 +13,17 @@ barcode suffix), with ``bulk_labels`` cell types.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-_HERE = Path(__file__).resolve().parent
-DEMO_DIR = next((p for p in (_HERE.parent / "bioviz" / "data" / "geneformer_demo",  # source tree
-                             _HERE.parent / "data" / "geneformer_demo")  # installed: bioviz/adapters
-                 if p.is_dir()), _HERE.parent / "bioviz" / "data" / "geneformer_demo")
+#: the shipped model's folder: package data of this package, wherever it is installed
+DEMO_DIR = Path(str(resources.files(__package__).joinpath("demo_model")))
+#: the name stores record for it (the folder's name when it shipped in bioviz/data)
+MODEL_NAME = "geneformer:geneformer_demo"
 
 
 def pbmc68k_counts(max_rounding_error: float = 0.45):
@@ -54,10 +55,10 @@ def pbmc68k_counts(max_rounding_error: float = 0.45):
 
 
 def demo_adapter(**kwargs):
-    """A :class:`~bioviz.adapters.singlecell_geneformer.GeneformerAdapter` on the shipped
+    """A :class:`~bioviz.adapters.singlecell.GeneformerAdapter` on the shipped
     demo model (gene symbols as identifiers; defaults: donor as subject, library as sample,
     cell rows mean-pooled over gene tokens)."""
-    from .singlecell_geneformer import GeneformerAdapter
+    from .geneformer import GeneformerAdapter
 
     if not (DEMO_DIR / "config.json").is_file():
         raise FileNotFoundError(f"the demo model is missing from {DEMO_DIR}; run experiments/geneformer_demo.py")
@@ -66,4 +67,6 @@ def demo_adapter(**kwargs):
     # masked-gene training never asks <cls> to summarise the cell; the mean over gene tokens
     # separates cell types better in this small model (kNN accuracy 0.57 vs 0.44 on bulk_labels)
     kwargs.setdefault("pooling", "mean")
-    return GeneformerAdapter(DEMO_DIR, **kwargs)
+    adapter = GeneformerAdapter(DEMO_DIR, **kwargs)
+    adapter.model_name = MODEL_NAME
+    return adapter

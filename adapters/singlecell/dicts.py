@@ -4,7 +4,7 @@ Geneformer ships its dictionaries as Python pickles. Unpickling a file runs what
 the file names, so pickles are read here only through :class:`RestrictedUnpickler`, which
 builds plain ``dict``/``list``/``tuple``/``str``/``int``/``float``/``bool``/``None`` values
 (and numeric numpy scalars, returned as Python numbers) and refuses every other object. JSON (``{"key": value}``) and two-column TSV/CSV files are read as well and are the
-recommended format (``python -m bioviz.adapters.singlecell_dicts IN.pkl OUT.json``).
+recommended format (``python -m bioviz.adapters.singlecell.dicts IN.pkl OUT.json``).
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def convert_to_json(src, dst) -> None:
         json.dump(data, f, indent=0, sort_keys=False)
 
 
-if __name__ == "__main__":  # python -m bioviz.adapters.singlecell_dicts IN OUT.json
+if __name__ == "__main__":  # python -m bioviz.adapters.singlecell.dicts IN OUT.json
     if len(sys.argv) != 3:
-        print("usage: python -m bioviz.adapters.singlecell_dicts IN.(pkl|tsv|csv|json) OUT.json", file=sys.stderr)
+        print("usage: python -m bioviz.adapters.singlecell.dicts IN.(pkl|tsv|csv|json) OUT.json", file=sys.stderr)
         sys.exit(2)
     convert_to_json(sys.argv[1], sys.argv[2])

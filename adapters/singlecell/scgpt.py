@@ -34,8 +34,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from .singlecell import SingleCellAdapter, Survey, padded
-from .singlecell_dicts import load_mapping
+from .adapter import SingleCellAdapter, Survey, padded
+from .dicts import load_mapping
 
 log = logging.getLogger(__name__)
 SPECIAL = ("<pad>", "<cls>", "<eoc>")

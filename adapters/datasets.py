@@ -5,22 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-
-def read_table(path) -> pd.DataFrame:
-    """A CSV, TSV or parquet table, by extension."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"table not found: {path}")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix in (".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t")
-    if path.suffix == ".csv":
-        return pd.read_csv(path)
-    raise ValueError(f"{path}: expected a .csv, .tsv or .parquet table")
+from bioviz.tables import read_table
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -55,7 +42,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         self.n = next(iter(sizes.values()))
         self.meta = None
         if metadata is not None:
-            self.meta = read_table(metadata)
+            self.meta = read_table(metadata, what="metadata table")
             if len(self.meta) != self.n:
                 raise ValueError(f"{metadata} has {len(self.meta)} rows but {path} holds {self.n} items")
             clash = set(self.meta.columns) & set(self.arrays)

@@ -27,8 +27,8 @@ import torch
 
 from bioviz.adapter import Adapter, Batch
 
-from .singlecell_genes import GeneMapping, map_genes
-from .singlecell_source import CellSource, Survey, survey
+from .genes import GeneMapping, map_genes
+from .source import CellSource, Survey, survey
 
 log = logging.getLogger(__name__)
 

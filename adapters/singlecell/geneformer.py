@@ -32,9 +32,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .hf import load_hf_model
-from .singlecell import EXPRESSION, SingleCellAdapter, Survey, padded
-from .singlecell_dicts import load_mapping
+from ..hf import load_hf_model
+from .adapter import EXPRESSION, SingleCellAdapter, Survey, padded
+from .dicts import load_mapping
 
 log = logging.getLogger(__name__)
 

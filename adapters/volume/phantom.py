@@ -30,16 +30,34 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
                       overwrite: bool = False, progress: bool = True) -> Path:
     """Write the cohort to ``out_dir`` and return the manifest's path.
 
-    Args:
-        n_subjects: number of scans (one per subject).
-        seed: everything random derives from it; subject ``i`` depends only on (seed, i).
-        voxel_mm: voxel size of the written scans (the template is 2 mm).
-        positive_fraction: share of label-positive subjects (exact, rounded).
-        lesion_centre_mm, lesion_radius_mm, lesion_contrast, lesion_jitter_mm: the planted
-            lesion in MNI mm (RAS); contrast is the relative intensity change (-0.45 = darker,
-            like a T1 hypointensity); the centre moves by N(0, jitter) per subject.
-        deformation_mm: size of the smooth random deformation; noise: noise sd relative to
-            white matter.
+    Parameters
+    ----------
+    out_dir : str or Path
+        Folder for ``images/``, ``masks/``, ``manifest.csv`` and ``cohort.json``.
+    n_subjects : int
+        Number of scans (one per subject).
+    seed : int
+        Everything random derives from it; subject ``i`` depends only on (seed, i).
+    voxel_mm : float
+        Voxel size of the written scans (the template is 2 mm).
+    positive_fraction : float
+        Share of label-positive subjects (exact, rounded).
+    lesion_centre_mm, lesion_radius_mm, lesion_contrast, lesion_jitter_mm : float
+        The planted lesion in MNI mm (RAS); contrast is the relative intensity change
+        (-0.45 = darker, like a T1 hypointensity); the centre moves by N(0, jitter) per subject.
+    deformation_mm : float
+        Size of the smooth random deformation.
+    noise : float
+        Noise sd relative to white matter.
+    overwrite : bool
+        Replace a cohort already in ``out_dir`` (never a folder holding anything else).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Path
+        ``out_dir / "manifest.csv"``.
     """
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
@@ -107,7 +125,7 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(manifest, index=False)
-    params = {"generator": "bioviz.cohorts.make_brain_cohort", "n_subjects": n, "seed": seed,
+    params = {"generator": "bioviz.adapters.volume.make_brain_cohort", "n_subjects": n, "seed": seed,
               "voxel_mm": voxel_mm, "shape": list(shape), "positive_fraction": positive_fraction,
               "lesion_centre_mm": list(lesion_centre_mm), "lesion_radius_mm": lesion_radius_mm,
               "lesion_contrast": lesion_contrast, "lesion_jitter_mm": lesion_jitter_mm,

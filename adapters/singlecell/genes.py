@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .singlecell_dicts import load_mapping
+from .dicts import load_mapping
 
 log = logging.getLogger(__name__)
 

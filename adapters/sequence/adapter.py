@@ -19,8 +19,8 @@ Rows: one per token (or per output position of a layer whose length differs from
 input, e.g. Enformer's 128-bp bins), obs: ``subject_id``, ``sample_id``, ``seq_id``,
 ``chrom``, ``start``, ``end``, ``strand``, ``window``, ``token_index``.
 
-Inputs are read by :mod:`.sequence_inputs`, tokenisers live in :mod:`.sequence_tokenizers`,
-Enformer loading in :mod:`.sequence_enformer`.
+Inputs are read by :mod:`.inputs`, tokenisers live in :mod:`.tokenizers`,
+Enformer loading in :mod:`.enformer`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import torch
 
 from bioviz.adapter import Adapter, Batch
 
-from .sequence_inputs import records_from, reverse_complement
-from .sequence_tokenizers import OneHotEncoder, tokenizer_for
+from .inputs import records_from, reverse_complement
+from .tokenizers import OneHotEncoder, tokenizer_for
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class SequenceAdapter(Adapter):
         ``vocab.txt`` when it has one. ``window`` defaults to what the model's position
         table holds. HyenaDNA/Caduceus directories carry their own model code: see
         :func:`~bioviz.adapters.hf.load_hf_model` for ``trust_remote_code``."""
-        from .hf import load_hf_model
+        from ..hf import load_hf_model
 
         model_dir = Path(model_dir)
         model = load_hf_model(model_dir, model_class, trust_remote_code=trust_remote_code)
@@ -162,8 +162,8 @@ class SequenceAdapter(Adapter):
     def from_enformer(cls, model_or_dir, *, window: int = 196_608, **kwargs):
         """An enformer-pytorch ``Enformer``: an instance, or a local directory with its
         ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin`` (see
-        :func:`bioviz.adapters.sequence_enformer.load_enformer`)."""
-        from .sequence_enformer import ENFORMER_BIN_SIZE, ENFORMER_LENGTH_AXIS, load_enformer
+        :func:`bioviz.adapters.sequence.enformer.load_enformer`)."""
+        from .enformer import ENFORMER_BIN_SIZE, ENFORMER_LENGTH_AXIS, load_enformer
 
         if isinstance(model_or_dir, (str, Path)):
             model, name = load_enformer(model_or_dir), f"enformer:{Path(model_or_dir).name}"
