@@ -57,6 +57,8 @@ class _AdapterSection(ActionConfigFile):
     """``--config`` of ``bioviz layers``: an extract config (a path or a YAML string), of
     which only the keys in ``_LAYERS_KEYS`` are parsed, so its ``data`` is never built."""
 
+    HELP = "a study's extract config (YAML): only its adapter and seed are read"
+
     def __call__(self, parser, cfg, values, option_string=None):
         text = Path(values).read_text() if os.path.isfile(values) else values
         loaded = get_loader("yaml")(text) or {}
@@ -101,7 +103,8 @@ def _stages() -> dict[str, _Stage]:
 def _stage_parser(stage: _Stage) -> ArgumentParser:
     p = ArgumentParser(description=stage.summary)
     if stage.config is not None:
-        p.add_argument("--config", action=stage.config, help="YAML config with these arguments")
+        p.add_argument("--config", action=stage.config,
+                       help=getattr(stage.config, "HELP", "YAML config with these arguments"))
     if stage.seed:
         p.add_argument("--seed", type=int, default=0,
                        help="torch seed, set before objects are built from the config")
@@ -110,8 +113,8 @@ def _stage_parser(stage: _Stage) -> ArgumentParser:
     return p
 
 
-_TRAIN_HELP = ("train sparse autoencoders on a store: LightningCLI over SAEModule and "
-               "ActivationDataModule (trainer / model / data sections); see `bioviz train --help`")
+_TRAIN_HELP = ("Train sparse autoencoders on a store: LightningCLI over SAEModule and "
+               "ActivationDataModule (trainer / model / data sections), then Trainer.fit.")
 
 
 def build_parser() -> ArgumentParser:
@@ -121,7 +124,9 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subcommands(dest="command")
     for name, stage in _stages().items():
         sub.add_subcommand(name, _stage_parser(stage), help=stage.summary)
-    sub.add_subcommand("train", ArgumentParser(description=_TRAIN_HELP), help=_TRAIN_HELP)
+    # listed for --help only: main hands `bioviz train ...` to LightningCLI (see train)
+    train_help = f"{_TRAIN_HELP} Options: bioviz train --help"
+    sub.add_subcommand("train", ArgumentParser(description=train_help), help=train_help)
     return parser
 
 
@@ -176,7 +181,8 @@ def train(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] in (["train"], ["fit"]):  # LightningCLI owns the trainer/model/data sections
+    # LightningCLI owns train's trainer/model/data sections ("fit": its former name)
+    if argv[:1] in (["train"], ["fit"]):
         train(argv[1:])
         return 0
     parser = build_parser()

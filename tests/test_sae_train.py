@@ -146,14 +146,14 @@ def test_encode_feature_table(store, tmp_path):
         bv.encode(sae, other, progress=False)
 
 
-def test_fit_cli_from_config(store, tmp_path):
+def test_train_cli_from_config(store, tmp_path):
     cfg = tmp_path / "fit.yaml"
     cfg.write_text(f"""
 trainer: {{max_steps: 10, enable_progress_bar: false, default_root_dir: {tmp_path}/runs}}
 model: {{sae: {{architecture: topk, expansion_factor: 2, k: 4}}, output_dir: {tmp_path}/sae}}
 data: {{store: {store.path}, batch_size: 400}}
 """)
-    r = subprocess.run([sys.executable, "-m", "bioviz.cli", "fit", "--config", str(cfg)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "bioviz.cli", "train", "--config", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     sae = load_sae(tmp_path / "sae" / "topk", expect_d_in=32)
     assert sae.cfg.training["steps"] == 10
@@ -235,7 +235,7 @@ model: {{sae: {bad}, output_dir: {tmp_path}/sae}}
 data: {{store: {store.path}, batch_size: 400}}
 """)
     with pytest.raises(SystemExit) as exit_:
-        bioviz.cli.main(["fit", "--config", str(cfg)])
+        bioviz.cli.main(["train", "--config", str(cfg)])
     assert exit_.value.code != 0
     err = capsys.readouterr().err
     for word in words:

@@ -84,10 +84,12 @@ def test_patch_pooling_and_one_row_per_scan(tmp_path):
     first = p.iloc[5][["grid_i", "grid_j", "grid_k"]].to_numpy(int)
     member = (g == first).all(1)  # the cells pooled into that patch (a full 2×2×2 block inside the scan)
     assert member.sum() == 8
-    np.testing.assert_allclose(patches.array()[:][5], a[s0][member].mean(0), atol=1e-5)
+    # three separate extractions: oneDNN may sum a convolution in another order from run to
+    # run (seen: 2e-5 apart after other tests ran), far below what a wrong pooling would move
+    np.testing.assert_allclose(patches.array()[:][5], a[s0][member].mean(0), atol=1e-4)
     assert p.iloc[5]["voxel_i"] == first[0] * 2 + 0.5
     assert len(scans.obs) == 2 and (scans.obs["grid_i"] == -1).all()
-    np.testing.assert_allclose(scans.array()[:][0], a[s0].mean(0), atol=1e-5)
+    np.testing.assert_allclose(scans.array()[:][0], a[s0].mean(0), atol=1e-4)
 
 
 def test_vit_tokens_become_rows_on_the_patch_grid(tmp_path):

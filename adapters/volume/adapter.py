@@ -102,9 +102,14 @@ class VolumeAdapter(Adapter):
             transforms (see ``preprocess.py``). Default: the bundle's, else ``"mri"``.
         roi_size : int or list of int, optional
             Sliding-window size; None runs each volume whole.
-        overlap, blend, sigma_scale, sw_batch_size
-            Window overlap (0.25), blending (``constant`` or ``gaussian``), Gaussian width,
-            windows per forward pass.
+        overlap : float, optional
+            Overlap of neighbouring windows (default 0.25).
+        blend : str, optional
+            How overlapping windows are blended: ``constant`` or ``gaussian``.
+        sigma_scale : float
+            Width of the Gaussian blending weights.
+        sw_batch_size : int
+            Windows per forward pass.
         divisor : int, optional
             Every input side is padded to a multiple of this (default: the network's total
             stride), so layer grids line up with voxels.
@@ -114,12 +119,18 @@ class VolumeAdapter(Adapter):
             ``spatial`` (one row per location) or ``scan`` (one pooled row per scan).
         on_bad_scan : str
             ``skip`` (log and count unreadable/invalid scans, keep going) or ``raise``.
-        strip_prefixes, allow_missing, allow_unexpected : tuple of str
-            Checkpoint key handling.
+        strip_prefixes : tuple of str
+            Prefixes that wrappers put on every checkpoint key (``module.``), stripped.
+        allow_missing : tuple of str
+            Key prefixes the checkpoint may lack (a head it never had).
+        allow_unexpected : tuple of str
+            Key prefixes the checkpoint may hold that the network lacks (a projection head).
         allow_outside : bool
             Let manifest paths leave the manifest's folder.
-        image_col, mask_col : str
-            Manifest columns holding the image and mask paths.
+        image_col : str
+            Manifest column holding the image paths.
+        mask_col : str
+            Manifest column holding the mask paths.
         model_name : str, optional
             Name recorded in the store's manifest (default: the bundle folder's name).
         """

@@ -44,9 +44,10 @@ def train(store, layer: str | None = None, *, sae: SAEConfig | dict | None = Non
           ckpt_path: str | None = None) -> list[SparseAutoencoder]:
     """Train one SAE (or a sweep of them) on one layer of an activation store.
 
-    The command line's ``fit`` runs the same :class:`SAEModule` and
+    ``bioviz train --config STUDY.yaml`` runs the same :class:`SAEModule` and
     :class:`~bioviz.sae.data.ActivationDataModule` through LightningCLI, with the same
-    ``sae``, ``sweep`` and ``optim`` sections.
+    ``sae``, ``sweep`` and ``optim`` sections (under ``model``). Training prints only a
+    progress bar (steps, and each SAE's FVU); metrics go to CSV.
 
     Parameters
     ----------
@@ -154,15 +155,15 @@ class SAEModule(L.LightningModule):
     Parameters
     ----------
     sae
-        The SAE's settings (architecture, sizes, k, coefficients, ...; see
-        :class:`~bioviz.sae.SAEConfig`). d_in comes from the data. Neither d_sae nor
-        expansion_factor given: expansion_factor 16. Default: a TopK SAE with k 32.
+        The SAE's settings, an SAEConfig (architecture, sizes, k, coefficients, ...). d_in
+        comes from the data. Neither d_sae nor expansion_factor given: expansion_factor 16.
+        Default: a TopK SAE with k 32.
     sweep
-        Overrides of sae, one SAE each (``[{k: 16}, {k: 64}]``); all train on the same
-        batches in one pass over the data. The keys must be SAEConfig fields.
+        Overrides of sae, one SAE each ([{k: 16}, {k: 64}]); all train on the same batches
+        in one pass over the data. The keys must be SAEConfig fields.
     optim
-        How the SAEs are optimised (learning rate and its schedule, sparsity warm-up,
-        gradient clipping, dead latents; see :class:`~bioviz.sae.OptimConfig`).
+        How the SAEs are optimised, an OptimConfig (learning rate and its schedule,
+        sparsity warm-up, gradient clipping, dead latents).
     output_dir
         Where the final SAEs are written (safetensors + JSON), one folder each.
     seed
@@ -227,7 +228,9 @@ class SAEModule(L.LightningModule):
             try:
                 cfg = SAEConfig(**fields).validate()
             except ValueError as err:
-                raise ValueError(f"sweep[{i}]={over}: {err}" if over else str(err)) from None
+                if not over:
+                    raise
+                raise ValueError(f"sweep[{i}]={over}: {err}") from None
             name = cfg.architecture + "".join(f"_{k}{v}" for k, v in sorted(over.items())) if over else cfg.architecture
             out.append((name, cfg))
         return out
