@@ -141,7 +141,8 @@ def train(argv: list[str]) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
     from .sae.data import ActivationDataModule
-    from .sae.train import SAEModule, StepProgressBar, quiet_lightning
+    from .sae.train import SAEModule
+    from .trainer import StepProgressBar, quiet_lightning
 
     class TrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:

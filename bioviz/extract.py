@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from contextlib import contextmanager
 
 import lightning as L
 import pandas as pd
@@ -18,6 +17,7 @@ from .checksum import chain, digest
 from .hooks import resolve_layers
 from .store import ActivationStore, StoreError, StoreWriter
 from .store.format import FLOAT16_MAX
+from .trainer import quiet_lightning
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -129,25 +129,6 @@ def _describe(what: str, mask: torch.Tensor, obs: pd.DataFrame, batch: int) -> s
     return f"{what} in {len(idx)} rows of batch {batch} (first: {first})"
 
 
-@contextmanager
-def _quiet_lightning():
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
-        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
-        warnings.filterwarnings("ignore", message=".*predict returned None.*")
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-        try:
-            yield
-        finally:
-            for lg, lv in zip(loggers, levels):
-                lg.setLevel(lv)
-
-
 def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str | list[str],
             store_path: str, *, batch_size: int = 32,
             chunk_rows: int = 4096, dtype: str = "float32", nonfinite: str = "error",
@@ -243,7 +224,7 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
     module = _Extractor(adapter, names, writer, resume, dtype=dtype, nonfinite=nonfinite,
                         inputs=inputs, select=select)
     try:
-        with _quiet_lightning():
+        with quiet_lightning():
             trainer = L.Trainer(
                 accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                 enable_model_summary=False, enable_progress_bar=progress,

@@ -8,28 +8,23 @@ settings are one typed :class:`~bioviz.sae.SAEConfig`; how it is optimised, an
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
-import re
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from ..trainer import StepProgressBar, quiet_lightning
 from .base import SparseAutoencoder
 from .config import OptimConfig, SAEConfig
 from .data import ActivationDataModule
 from .io import build_sae, load_sae, save_sae
 
-__all__ = ["SAEModule", "StepProgressBar", "quiet_lightning", "train"]
+__all__ = ["SAEModule", "train"]
 
 #: d_sae = 16 x d_in when the SAE config gives neither d_sae nor expansion_factor.
 DEFAULT_EXPANSION_FACTOR = 16
@@ -355,65 +350,6 @@ class SAEModule(L.LightningModule):
             sae.cfg.training = training
             paths.append(save_sae(sae, Path(output_dir) / name))
         return paths
-
-
-class StepProgressBar(TQDMProgressBar):
-    """Training progress in optimiser steps against ``max_steps`` (``step 120/600``), with
-    each SAE's latest FVU.
-
-    Lightning's own bar counts batches per epoch, which an iterable store does not have
-    (it shows ``Epoch 7/-2``). Pass it in the trainer's callbacks; :func:`train` does.
-    """
-
-    def init_train_tqdm(self) -> Tqdm:
-        return Tqdm(desc="", position=2 * self.process_position, disable=self.is_disabled,
-                    leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0, unit="step",
-                    bar_format="step {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining}{postfix}")
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        super().on_train_start(trainer, pl_module)
-        bar = self.train_progress_bar
-        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
-        bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
-        if not bar.disable:
-            bar.refresh()
-
-    def on_train_epoch_start(self, trainer, *_) -> None:
-        pass  # one bar for the whole run, not one per pass over the store
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        bar, n = self.train_progress_bar, trainer.global_step
-        if self.is_enabled and not bar.disable and (n % self.refresh_rate == 0 or n == bar.total):
-            bar.n = n
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            bar.refresh()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        pass
-
-    def get_metrics(self, trainer, pl_module) -> dict[str, str]:
-        return {k: f"{float(v):.3f}" for k, v in trainer.callback_metrics.items() if k.endswith("/fvu")}
-
-
-@contextlib.contextmanager
-def quiet_lightning():
-    """Within: Lightning prints warnings but not its info lines (device summary, "Tip"
-    advertisements, "`Trainer.fit` stopped"), nor the torch ``LeafSpec`` deprecation it
-    triggers; levels and filters are restored on exit."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-             "lightning.pytorch.accelerators.cuda")
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=re.escape("`isinstance(treespec, LeafSpec)` is deprecated"),
-                                category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
-        for lg in loggers:
-            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
 
 
 def _check_sweep(sweep) -> list[dict[str, Any]] | None:
