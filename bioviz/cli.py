@@ -136,13 +136,11 @@ def train(argv: list[str]) -> None:
     ``Trainer.fit`` (``--ckpt_path`` resumes a killed run). In Python: :func:`bioviz.train`,
     with the same logger, progress bar and quiet Lightning."""
     from lightning.pytorch import Trainer
-    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI
-    from lightning.pytorch.loggers import CSVLogger
 
     from .sae.data import ActivationDataModule
     from .sae.train import SAEModule
-    from .trainer import StepProgressBar, quiet_lightning
+    from .trainer import quiet_lightning, trainer_defaults
 
     class TrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -159,14 +157,8 @@ def train(argv: list[str]) -> None:
 
         def instantiate_trainer(self, **kwargs) -> Trainer:
             trainer = self.config_init.get("trainer") or {}
-            if trainer.get("logger") in (None, True):  # Lightning's default logger, made explicit
-                root = trainer.get("default_root_dir") or os.getcwd()
-                kwargs.setdefault("logger", CSVLogger(save_dir=root))
-            callbacks = trainer.get("callbacks") or []
-            callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-            if trainer.get("enable_progress_bar") is not False and not any(
-                    isinstance(c, ProgressBar) for c in callbacks):
-                kwargs.setdefault("callbacks", [*callbacks, StepProgressBar()])
+            for key, value in trainer_defaults(trainer).items():
+                kwargs.setdefault(key, value)
             return super().instantiate_trainer(**kwargs)
 
     with quiet_lightning():
@@ -182,8 +174,8 @@ def train(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # LightningCLI owns train's trainer/model/data sections ("fit": its former name)
-    if argv[:1] in (["train"], ["fit"]):
+    # LightningCLI owns train's trainer/model/data sections
+    if argv[:1] == ["train"]:
         train(argv[1:])
         return 0
     parser = build_parser()

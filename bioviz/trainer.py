@@ -6,14 +6,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import warnings
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.loggers import CSVLogger
 
-__all__ = ["StepProgressBar", "quiet_lightning"]
+__all__ = ["StepProgressBar", "quiet_lightning", "trainer_defaults"]
+
+
+def trainer_defaults(opts: dict) -> dict:
+    """What bioviz adds to ``lightning.Trainer`` arguments ``opts`` unless they say otherwise:
+    an explicit CSV logger under ``default_root_dir`` (Lightning's default logger warns that
+    TensorBoard is missing) and a :class:`StepProgressBar` after the given callbacks."""
+    out = {}
+    if opts.get("logger") in (None, True):
+        out["logger"] = CSVLogger(save_dir=opts.get("default_root_dir") or os.getcwd())
+    callbacks = opts.get("callbacks") or []
+    callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+    if opts.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        out["callbacks"] = [*callbacks, StepProgressBar()]
+    return out
 
 
 class StepProgressBar(TQDMProgressBar):

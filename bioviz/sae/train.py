@@ -15,10 +15,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.loggers import CSVLogger
 
-from ..trainer import StepProgressBar, quiet_lightning
+from ..trainer import quiet_lightning, trainer_defaults
 from .base import SparseAutoencoder
 from .config import OptimConfig, SAEConfig
 from .data import ActivationDataModule
@@ -128,12 +126,7 @@ def train(store, layer: str | None = None, *, sae: SAEConfig | dict | None = Non
     module = SAEModule(sae=sae, sweep=sweep, optim=optim, output_dir=output_dir, seed=seed)
     opts = {"max_steps": max_steps, "enable_model_summary": False, "log_every_n_steps": 50,
             "deterministic": True, "default_root_dir": output_dir, **(trainer or {})}
-    if "logger" not in opts:  # explicit: Lightning's default logger=True warns about TensorBoard
-        opts["logger"] = CSVLogger(save_dir=opts["default_root_dir"])
-    callbacks = opts.get("callbacks") or []
-    callbacks = [callbacks] if isinstance(callbacks, L.Callback) else list(callbacks)
-    if opts.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
-        opts["callbacks"] = [*callbacks, StepProgressBar()]
+    opts.update(trainer_defaults(opts))
     with quiet_lightning():
         tr = L.Trainer(**opts)
         tr.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
