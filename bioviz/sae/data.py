@@ -35,13 +35,20 @@ class _StoreBatches(torch.utils.data.IterableDataset):
 class ActivationDataModule(L.LightningDataModule):
     """Training batches from one layer of an ActivationStore.
 
-    Args:
-        store: path of the ActivationStore.
-        layer: which layer (may be omitted when the store holds one).
-        batch_size: rows per batch, per process.
-        buffer_rows: rows held for shuffling (bounds memory).
-        seed: shuffle seed (the epoch is folded in).
-        init_rows: rows read to fit the input normalisation and the pre-encoder bias.
+    Parameters
+    ----------
+    store
+        Path of the ActivationStore.
+    layer
+        Which layer (may be omitted when the store holds one).
+    batch_size
+        Rows per batch, per process.
+    buffer_rows
+        Rows held for shuffling (bounds memory).
+    seed
+        Shuffle seed (the epoch is folded in).
+    init_rows
+        Rows read to fit the input normalisation and the pre-encoder bias.
     """
 
     def __init__(self, store: str, layer: str | None = None, batch_size: int = 4096,
