@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bioviz.errors import InputError
+
 # prefixes that wrappers put on every key: DDP, backbone extractors, Lightning modules
 STRIP_PREFIXES = ("module.", "backbone.", "model.", "net.")
 HARMLESS_MISSING = ("num_batches_tracked",)  # BatchNorm counters older checkpoints lack
@@ -48,7 +50,7 @@ def read_state_dict(path, strip_prefixes: Iterable[str] = ("module.",)) -> dict[
     return state
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A checkpoint that does not fit the network (names the file and the keys)."""
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import InputError
+
 #: suffix (lower case) → how the file is read
 READERS = {".csv": ",", ".csv.gz": ",", ".tsv": "\t", ".tsv.gz": "\t", ".tab": "\t", ".txt": "\t",
            ".parquet": None, ".pq": None}
@@ -17,7 +19,7 @@ READERS = {".csv": ",", ".csv.gz": ",", ".tsv": "\t", ".tsv.gz": "\t", ".tab": "
 ID_COLUMNS = ("subject_id", "sample_id")
 
 
-class TableError(ValueError):
+class TableError(InputError):
     """A table that cannot be read (names the file and what was expected)."""
 
 

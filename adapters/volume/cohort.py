@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bioviz.errors import InputError
 from bioviz.tables import TableError, read_table
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ ROW_COLUMNS = ("grid_i", "grid_j", "grid_k", "voxel_i", "voxel_j", "voxel_k",
 ON_MISSING = ("raise", "skip")
 
 
-class CohortError(ValueError):
+class CohortError(InputError):
     """A manifest that cannot describe a cohort (names the file, row or column)."""
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bioviz.errors import InputError
+
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -19,7 +21,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 GRID_TOLERANCE_MM = 1e-3
 
 
-class ScanError(ValueError):
+class ScanError(InputError):
     """A scan that cannot be used; the message names the file and what is wrong."""
 
 

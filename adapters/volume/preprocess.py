@@ -21,6 +21,8 @@ import numbers
 import numpy as np
 import torch
 
+from bioviz.errors import InputError
+
 PRESETS: dict[str, dict] = {
     "ct": {"orientation": "RAS", "pixdim": [1.5, 1.5, 2.0], "window": [-175.0, 250.0],
            "normalize": None, "crop_foreground": True, "margin": 0, "spatial_size": None},
@@ -36,7 +38,7 @@ INTERPOLATING = {"Spacingd": "bilinear", "Resized": "area", "Zoomd": "area",
                  "Rotated": "bilinear", "Affined": "bilinear"}
 
 
-class PreprocessError(ValueError):
+class PreprocessError(InputError):
     """A preprocessing spec that cannot be built (names the item and the option)."""
 
 

@@ -19,6 +19,8 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import InputError
+
 SCHEMA_VERSION = 1
 FORMAT = "bioviz.activation_store"
 MANIFEST = "manifest.json"
@@ -30,7 +32,7 @@ DTYPES = ("float16", "float32")
 FLOAT16_MAX = 65504.0
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A store that is missing, inconsistent, or not what the caller asked for."""
 
 
