@@ -151,6 +151,35 @@ class Adapter(ABC):
         """What identifies a batch's data for the store's data checksum (default: its inputs)."""
         return batch.inputs
 
+    # -- what the store records about the data ------------------------------------------------
+
+    def data_checksums(self, dataset) -> dict[str, str] | None:
+        """Checksums of the cohort's data by part, e.g. ``{"expression": ..., "obs": ...}``,
+        computed from what :meth:`dataset` read, without running the model.
+
+        They are part of the store's fingerprint: a finished store made from other data is
+        refused, naming the parts that differ (``data.obs``), exactly like a configuration
+        change. The parts must cover the model's inputs and every value that ends up in obs,
+        and be cheap next to a model run: stream what is large.
+
+        ``None`` (the default) means: the data is what the batches hold, each batch's
+        :meth:`data_fingerprint` (``data.inputs``) and ``meta`` (``data.obs``) chained over the
+        batches. Extraction computes that as it goes, and collates every batch up front
+        (without the model) only to compare with a finished store.
+        """
+        return None
+
+    def skipped_items(self, batch: Batch | None = None) -> list[dict]:
+        """Items left out, recorded in the store's manifest (``skipped_items``).
+
+        With ``batch=None``: the items :meth:`dataset` left out before any batch (a manifest
+        row whose file is missing, a cell with no gene the model knows). With a batch: its
+        items that gave no rows (a scan that cannot be read). Each is a JSON-safe dict with
+        ``row`` (1-based row of the input table), ``sample_id``, ``file`` where an item has
+        its own, and ``reason``. Default: none.
+        """
+        return []
+
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """The batch with every tensor in ``inputs`` and ``extra`` moved to ``device``."""

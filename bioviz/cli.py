@@ -11,23 +11,108 @@ encode     :func:`bioviz.features.encode`
 info       :func:`bioviz.store.info.describe`
 demo       :func:`bioviz.demo.run`
 =========  ==============================================================================
+
+A config is data, not code: every import path it gives (a ``class_path``, a callable, a type)
+must lie under :data:`ALLOWED_IMPORTS` unless ``--trust_config`` is given, which lets it name
+anything importable (the config is then code). A user error (:class:`~bioviz.errors.BiovizError`,
+a missing file, a config jsonargparse refuses or cannot build) is printed as its message alone
+with a non-zero exit status; ``--debug`` raises it with its traceback.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
 import sys
-from collections.abc import Callable
+from argparse import ArgumentError
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, get_loader
+from jsonargparse import ActionConfigFile, ArgumentParser, get_loader, set_parsing_settings
 
 from .adapter import Adapter
+from .errors import BiovizError, InputError
 from .version import __version__
+
+#: Where the import paths a config gives (``class_path``, callables, types) may point unless
+#: ``--trust_config`` is given: a prefix allows the module or object and everything under it.
+#: ``transformers`` adds its model classes (``transformers.models`` and the top-level names
+#: of the classes defined there, such as ``transformers.BertModel``).
+ALLOWED_IMPORTS = (
+    "bioviz",                                  # bioviz and its adapters (bioviz.adapters)
+    "torch.nn",
+    "monai.networks", "monai.transforms",
+    "transformers.models",
+    "lightning.pytorch.callbacks", "lightning.pytorch.loggers",
+)
+#: the options ``main`` reads wherever they are in the arguments
+TRUST_FLAG, DEBUG_FLAG = "--trust_config", "--debug"
+_POLICY_KEYS = ("import_path_verdicts", "import_paths_enforced")
+_TRUST_HINT = (f"bioviz builds a config's objects only from {', '.join(ALLOWED_IMPORTS)} and "
+               f"transformers model classes; {TRUST_FLAG} allows any import path (the config is "
+               "then code: only for configs you trust)")
+# errors a user can act on from their message: a missing or unwritable file they named
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+                PermissionError)
+
+
+class ConfigError(InputError):
+    """A config whose objects cannot be built (the message is the reason jsonargparse or the
+    class gave)."""
+
+
+def allowed_imports() -> list[str]:
+    """The allow-list entries: :data:`ALLOWED_IMPORTS` plus the top-level names of the
+    transformers model classes, when transformers is installed."""
+    entries = list(ALLOWED_IMPORTS)
+    if importlib.util.find_spec("transformers") is not None:
+        import transformers
+
+        # the lazy module's map from top-level name to submodule (no model is imported)
+        where = getattr(transformers, "_class_to_module", None) or {}
+        entries += sorted(f"transformers.{name}" for name, module in where.items()
+                          if module.startswith("models.") and name[:1].isupper() and name.isidentifier())
+    return entries
+
+
+@contextmanager
+def import_policy(trust: bool = False) -> Iterator[None]:
+    """While parsing and building a config: every import path a value gives must lie under
+    :func:`allowed_imports` (``trust=True``: anything importable). jsonargparse's own
+    import-path policy enforces it; the global setting is restored on exit."""
+    from jsonargparse import _common
+
+    settings = _common.parsing_settings
+    if not all(key in settings for key in _POLICY_KEYS):  # jsonargparse < 4.53
+        raise BiovizError("this jsonargparse cannot limit a config's import paths; upgrade it "
+                          f"(pip install 'jsonargparse>=4.53') or pass {TRUST_FLAG}")
+    saved = {key: settings[key] for key in _POLICY_KEYS}
+    try:
+        if trust:
+            settings.update(import_path_verdicts={}, import_paths_enforced=True)
+        else:
+            set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=allowed_imports())
+        yield
+    finally:
+        settings.update(saved)
+
+
+def _instantiate(build: Callable):
+    """``build()``: a config's objects; what their classes refuse is a :class:`ConfigError`
+    (jsonargparse wraps a class's error in a ValueError naming the config key)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return build()
+    except BiovizError:
+        raise
+    except (ValueError, TypeError, ImportError, MisconfigurationException, *_FILE_ERRORS) as err:
+        raise ConfigError(str(err)) from err
 
 
 def layers(adapter: Adapter, max_depth: int | None = None) -> list[str]:
@@ -101,7 +186,7 @@ def _stages() -> dict[str, _Stage]:
 
 
 def _stage_parser(stage: _Stage) -> ArgumentParser:
-    p = ArgumentParser(description=stage.summary)
+    p = ArgumentParser(description=stage.summary, exit_on_error=False)
     if stage.config is not None:
         p.add_argument("--config", action=stage.config,
                        help=getattr(stage.config, "HELP", "YAML config with these arguments"))
@@ -119,18 +204,25 @@ _TRAIN_HELP = ("Train sparse autoencoders on a store: LightningCLI over SAEModul
 
 def build_parser() -> ArgumentParser:
     """The ``bioviz`` parser (``train`` is listed here; LightningCLI parses its arguments)."""
-    parser = ArgumentParser(prog="bioviz", description="Find candidate biomarkers inside foundation models.")
+    parser = ArgumentParser(prog="bioviz", description="Find candidate biomarkers inside foundation models.",
+                            exit_on_error=False)
     parser.add_argument("--version", action="version", version=f"bioviz {__version__}")
+    # read by main wherever they stand (also after the subcommand); listed here for --help
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help="on an error, raise it with its traceback instead of printing its message")
+    parser.add_argument(TRUST_FLAG, action="store_true",
+                        help="let the config name any class or function (the config is then code); "
+                             f"by default only {', '.join(ALLOWED_IMPORTS)} and transformers model classes")
     sub = parser.add_subcommands(dest="command")
     for name, stage in _stages().items():
         sub.add_subcommand(name, _stage_parser(stage), help=stage.summary)
     # listed for --help only: main hands `bioviz train ...` to LightningCLI (see train)
     train_help = f"{_TRAIN_HELP} Options: bioviz train --help"
-    sub.add_subcommand("train", ArgumentParser(description=train_help), help=train_help)
+    sub.add_subcommand("train", ArgumentParser(description=train_help, exit_on_error=False), help=train_help)
     return parser
 
 
-def train(argv: list[str]) -> None:
+def train(argv: list[str], trust: bool = False) -> None:
     """``bioviz train --config experiments/<study>.yaml``: LightningCLI over SAEModule and
     ActivationDataModule (trainer / model / data sections, class_path/init_args), then
     ``Trainer.fit`` (``--ckpt_path`` resumes a killed run). In Python: :func:`bioviz.train`,
@@ -155,6 +247,9 @@ def train(argv: list[str]) -> None:
             # LightningCLI calls jsonargparse's deprecated instantiate_classes; use instantiate
             self.parser.instantiate_classes = self.parser.instantiate
 
+        def instantiate_classes(self) -> None:
+            _instantiate(super().instantiate_classes)
+
         def instantiate_trainer(self, **kwargs) -> Trainer:
             trainer = self.config_init.get("trainer") or {}
             for key, value in trainer_defaults(trainer).items():
@@ -162,29 +257,60 @@ def train(argv: list[str]) -> None:
             return super().instantiate_trainer(**kwargs)
 
     with quiet_lightning():
-        cli = TrainCLI(SAEModule, ActivationDataModule, args=argv, run=False,
-                       seed_everything_default=0, save_config_kwargs={"overwrite": True},
-                       auto_configure_optimizers=False,  # SAEModule makes its own, per SAE
-                       parser_kwargs={"prog": "bioviz train", "description": _TRAIN_HELP},
-                       trainer_defaults={"deterministic": True, "log_every_n_steps": 50,
-                                         "enable_model_summary": False})
+        with import_policy(trust):  # parsing and building: the config's import paths
+            cli = TrainCLI(SAEModule, ActivationDataModule, args=argv, run=False,
+                           seed_everything_default=0, save_config_kwargs={"overwrite": True},
+                           auto_configure_optimizers=False,  # SAEModule makes its own, per SAE
+                           parser_kwargs={"prog": "bioviz train", "description": _TRAIN_HELP,
+                                          "exit_on_error": False},
+                           trainer_defaults={"deterministic": True, "log_every_n_steps": 50,
+                                             "enable_model_summary": False})
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path,
                         weights_only=cli.config.weights_only)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``bioviz ARGS``: 0 when done; a user error prints ``error: <message>`` and gives 1
+    (2 for arguments or a config jsonargparse refuses); ``--debug`` raises it instead."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # read wherever they stand: the config is parsed as soon as --config is met
+    debug, trust = DEBUG_FLAG in argv, TRUST_FLAG in argv
+    argv = [a for a in argv if a not in (DEBUG_FLAG, TRUST_FLAG)]
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        return _run(argv, trust)
+    except ArgumentError as err:  # jsonargparse's message: the option or config key, the reason
+        if debug:
+            raise
+        _print_error(str(err))
+        if "import_path_allowlist" in str(err) or "is not allowed" in str(err):
+            print(f"hint: {_TRUST_HINT}", file=sys.stderr)
+        print(f"tip: the options: bioviz {command + ' ' if command else ''}--help", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (BiovizError, *_FILE_ERRORS) as err:
+        if debug:
+            raise
+        _print_error(str(err))
+        return 1
+
+
+def _print_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _run(argv: list[str], trust: bool) -> int:
     # LightningCLI owns train's trainer/model/data sections
     if argv[:1] == ["train"]:
-        train(argv[1:])
+        train(argv[1:], trust=trust)
         return 0
     parser = build_parser()
-    cfg = parser.parse_args(argv)
-    cmd = cfg.command
-    stage = _stages()[cmd]
-    # seed first: models built from a config get reproducible random weights
-    torch.manual_seed(cfg[cmd].get("seed") or 0)
-    init = parser.instantiate(cfg)[cmd]
+    with import_policy(trust):  # parsing and building: the config's import paths
+        cfg = parser.parse_args(argv)
+        cmd = cfg.command
+        stage = _stages()[cmd]
+        # seed first: models built from a config get reproducible random weights
+        torch.manual_seed(cfg[cmd].get("seed") or 0)
+        init = _instantiate(lambda: parser.instantiate(cfg))[cmd]
     params = inspect.signature(stage.fn).parameters
     result = stage.fn(**{k: init[k] for k in params if k in init})
     if stage.show:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pandas as pd
@@ -16,7 +17,8 @@ from .batches import FixedBatches
 from .checksum import chain, digest
 from .hooks import resolve_layers
 from .store import ActivationStore, StoreError, StoreWriter
-from .store.format import FLOAT16_MAX
+from .store.format import FLOAT16_MAX, MANIFEST
+from .store.info import skipped_text
 from .trainer import quiet_lightning
 from .version import __version__
 
@@ -28,10 +30,24 @@ class _Collate:
     def __init__(self, adapter: Adapter):
         self.adapter = adapter
 
-    def __call__(self, items) -> tuple[Batch, str]:
+    def __call__(self, items) -> tuple[Batch, str, str]:
         batch = self.adapter.collate(items)
-        # checksum on the CPU side, inside the loader (and its workers, if any)
-        return batch, digest(self.adapter.data_fingerprint(batch))
+        # checksums on the CPU side, inside the loader (and its workers, if any): the
+        # batch's model inputs, and the metadata that goes into obs
+        return batch, digest(self.adapter.data_fingerprint(batch)), digest(batch.meta)
+
+
+def _batch_checksums(adapter: Adapter, dataset, batch_size: int, num_workers: int) -> dict:
+    """The running data checksums extraction computes, computed up front: every batch
+    collated (as extraction batches it), no model run."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=FixedBatches(len(dataset), batch_size), collate_fn=_Collate(adapter),
+        num_workers=num_workers,
+    )
+    inputs = obs = ""
+    for _, checksum, obs_checksum in loader:
+        inputs, obs = chain(inputs, checksum), chain(obs, obs_checksum)
+    return {"inputs": inputs, "obs": obs}
 
 
 class _Extractor(L.LightningModule):
@@ -43,15 +59,16 @@ class _Extractor(L.LightningModule):
         self.net = adapter.model  # registered so Lightning moves it to the device
         self.layers, self.writer, self.resume = layers, writer, resume
         self.store_dtype, self.nonfinite, self.inputs, self.select = dtype, nonfinite, inputs, select
-        self.state = resume.state or {"data_checksum": "", "items": 0, "dropped_nonfinite": 0}
+        self.state = {"data_checksum": "", "obs_checksum": "", "items": 0, "dropped_nonfinite": 0,
+                      "skipped": [], **(resume.state or {})}
         self.torch_dtype = getattr(torch, dtype)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        b, checksum = batch
-        return to_device(b, device), checksum
+        b, checksum, obs_checksum = batch
+        return to_device(b, device), checksum, obs_checksum
 
     def predict_step(self, batch, batch_idx):
-        batch, checksum = batch
+        batch, checksum, obs_checksum = batch
         index = self.resume.batch + batch_idx
         skip = 0
         if batch_idx == 0 and self.resume.batch_checksum is not None:
@@ -66,8 +83,11 @@ class _Extractor(L.LightningModule):
         before = dict(self.state)
         self.state = {
             "data_checksum": chain(self.state["data_checksum"], checksum),
+            "obs_checksum": chain(self.state["obs_checksum"], obs_checksum),
             "items": self.state["items"] + len(batch),
             "dropped_nonfinite": self.state["dropped_nonfinite"] + dropped,
+            # kept in the running state, so a resumed run still records what was skipped before
+            "skipped": self.state["skipped"] + list(self.adapter.skipped_items(batch)),
         }
         self.writer.add(index, rows, obs, before, dict(self.state), checksum, skip_rows=skip)
 
@@ -139,7 +159,22 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
     """Run ``adapter``'s model over ``data`` and store what ``layers`` compute.
 
     Rerunning the same call after a crash resumes from the last committed chunk; on a
-    finished store with the same configuration it returns the store without recomputing.
+    finished store with the same configuration and the same data it returns the store
+    without recomputing, and a finished store made from other data (the same number of items
+    with other values or labels) is refused, naming what differs, like another configuration.
+
+    What counts as the data is the adapter's (:meth:`Adapter.data_checksums`): for the generic
+    adapters, every batch's model inputs and metadata (collated up front, without the model,
+    only when a finished store is there to compare with); for single-cell cohorts the
+    expression matrix, the cells' metadata, the gene mapping and the totals used (read in
+    the checks pass the adapter makes anyway); for scan cohorts the manifest's rows and the
+    size and bytes of every image and mask file. A partial store resumes even when data it
+    has not reached yet changed (a scan fixed after a run stopped on it); the batch at the
+    resume point is checked against what was committed from it.
+
+    Items an adapter leaves out (unreadable scans, missing files, cells without a known
+    gene) are listed in the manifest (``skipped_items``: row, sample, file, reason) and
+    counted in a warning at the end.
 
     Parameters
     ----------
@@ -208,7 +243,13 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
         "model": adapter.identity(), "adapter": adapter.config(), "layers": names,
         "dtype": dtype, "chunk_rows": int(chunk_rows), "batch_size": int(batch_size),
         "n_items": n_items, "inputs": inputs, "select": select, "nonfinite": nonfinite,
+        "data": adapter.data_checksums(dataset),
     }
+    if fingerprint["data"] is None and not overwrite and (Path(store_path) / MANIFEST).is_file():
+        # the data is what the batches hold: compare it with the finished store's
+        log.info("checking the data against the finished store %s", store_path)
+        fingerprint["data"] = _batch_checksums(adapter, dataset, int(batch_size), num_workers)
+    skipped_before = list(adapter.skipped_items())
     writer = StoreWriter(store_path, fingerprint, chunk_rows=chunk_rows, dtype=dtype,
                          overwrite=overwrite, compression=compression)
     resume = writer.open()
@@ -232,10 +273,15 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
             )
             trainer.predict(module, dataloaders=loader, return_predictions=False)
         state = module.state
+        if fingerprint["data"] is None:  # the running checksums are the data's
+            writer.fingerprint = {**fingerprint, "data": {"inputs": state["data_checksum"],
+                                                          "obs": state["obs_checksum"]}}
+        skipped = skipped_before + state["skipped"]
         manifest = writer.finish({
             "bioviz_version": __version__, "model": fingerprint["model"],
             "adapter": fingerprint["adapter"], "data_checksum": state["data_checksum"],
             "n_items": state["items"], "dropped_nonfinite_rows": state["dropped_nonfinite"],
+            "skipped_items": skipped, "n_skipped_items": len(skipped),
             **(extra_manifest or {}),
         })
     except BaseException:
@@ -244,6 +290,10 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
     if manifest["dropped_nonfinite_rows"]:
         warnings.warn(f"{manifest['dropped_nonfinite_rows']} rows with NaN/Inf activations were "
                       f"dropped from {store_path}", stacklevel=2)
+    if skipped:
+        warnings.warn(f"{len(skipped)} items were skipped and gave no rows in {store_path} "
+                      f"(first: {skipped_text(skipped[0])}); each is listed in its manifest "
+                      "(skipped_items) and by `bioviz info`", stacklevel=2)
     return ActivationStore(store_path)
 
 

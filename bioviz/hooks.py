@@ -229,7 +229,7 @@ def patch(model: nn.Module, layer: str, fn, *, select: int | str | None = None):
     module = dict(model.named_modules())[names[0]]
 
     def hook(_m, _args, output):
-        return replace_tensor(output, fn(select_tensor(output, select)), select)
+        return (fn(select_tensor(output, select)), output)[1]
 
     handle = module.register_forward_hook(hook)
     try:

@@ -166,8 +166,76 @@ def test_obs_readable_without_bioviz(tmp_path):
     assert pq.ParquetFile(tmp_path / "s" / "obs.parquet").metadata.num_rows == st.n_rows
 
 
+def _progress(store: Path) -> dict | None:
+    """``_progress.json`` of a partial store (None when there is none or it is mid-replace)."""
+    try:
+        return json.loads((store / "_progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _committed_files(store: Path) -> dict[str, tuple[int, int, bytes]]:
+    """The files of every chunk ``_progress.json`` records as committed, each as (inode,
+    mtime_ns, bytes): zarr's chunk files (``activations.zarr/<layer>/c/<chunk>/0``) and the
+    obs parts. zarr writes a chunk to a temp file and renames it, so a rewrite, even with the
+    same bytes, shows as another inode and mtime."""
+    from bioviz.store.format import obs_part
+
+    rec = _progress(store)
+    if rec is None:
+        return {}
+    n, arrays, out = rec["n_chunks"], store / "activations.zarr", {}
+    for f in sorted(arrays.rglob("*")):
+        rel = f.relative_to(arrays).parts  # (layer, "c", row chunk, column chunk)
+        if f.is_file() and len(rel) == 4 and rel[1] == "c" and int(rel[2]) < n:
+            out[str(f.relative_to(store))] = f
+    assert len(out) == n * len(rec["layers"]), f"committed chunk files missing: {sorted(out)}"
+    out.update({str(obs_part(store, i).relative_to(store)): obs_part(store, i) for i in range(n)})
+    return {k: (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) for k, f in out.items()}
+
+
+def _rewritten(before: dict[str, tuple[int, int, bytes]], store: Path) -> list[str]:
+    """Files of ``before`` that are gone or were rewritten (obs parts may be gone once the
+    store is finished: they are merged into obs.parquet)."""
+    finished = (store / "manifest.json").exists()
+    changed = []
+    for name, (ino, mtime, data) in before.items():
+        f = store / name
+        if finished and name.startswith("_obs"):
+            continue
+        if not f.exists() or (f.stat().st_ino, f.stat().st_mtime_ns) != (ino, mtime) or f.read_bytes() != data:
+            changed.append(name)
+    return changed
+
+
+def _kill_on_progress(proc: subprocess.Popen, store: Path, rows: int, total: int, delay: float) -> bool:
+    """SIGKILL ``proc`` ``delay`` s after ``_progress.json`` shows ``rows`` or more committed
+    rows. True when the kill landed inside the extraction: the process died of it, and it left
+    0 < committed rows < ``total`` and no manifest."""
+    while proc.poll() is None:
+        rec = _progress(store)
+        if (store / "manifest.json").exists():
+            break
+        if rec is not None and rec["committed_rows"] >= rows:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    if proc.wait() != -signal.SIGKILL:
+        return False
+    rec = _progress(store)
+    return rec is not None and 0 < rec["committed_rows"] < total and not (store / "manifest.json").exists()
+
+
+MID_RUN_KILLS = 3
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_moments_resumes_byte_identical(tmp_path, tree):
+def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_path, tree):
+    """SIGKILL the extraction process while it runs (on progress: once ``_progress.json`` shows
+    committed rows, before the last chunk), three times, then let it finish: every resume
+    keeps the committed chunks' files untouched, and the store ends byte-identical to an
+    uninterrupted run's. Kills that land outside the extraction are not counted."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def start(path):
@@ -176,25 +244,32 @@ def test_sigkill_at_random_moments_resumes_byte_identical(tmp_path, tree):
         return proc
 
     clean = tmp_path / "clean"
-    proc = start(clean)
-    t0 = time.perf_counter()
-    assert proc.wait() == 0
-    duration = time.perf_counter() - t0  # the extraction alone
-    total = json.loads((clean / "manifest.json").read_text())["n_rows"]
+    assert start(clean).wait() == 0
+    manifest = json.loads((clean / "manifest.json").read_text())
+    total, chunk = manifest["n_rows"], manifest["chunk_rows"]
+    last = (total - 1) // chunk  # the most chunks committed while the extraction still runs
+    assert last >= 2 * MID_RUN_KILLS, (total, chunk)
     rng = random.Random(0)
+    # kill after these chunks, each at a random moment of the next chunk's work; never after
+    # the last full chunk, so a kill cannot race the end of the extraction
+    targets = sorted(rng.sample(range(1, last), MID_RUN_KILLS))
     s = tmp_path / "s"
-    killed = 0
-    for _ in range(8):  # until three kills landed inside the extraction
-        done = json.loads((s / "_progress.json").read_text())["committed_rows"] if (s / "_progress.json").exists() else 0
+    landed: list[int] = []
+    for _ in range(2 * MID_RUN_KILLS):
+        done = (_progress(s) or {"n_chunks": 0})["n_chunks"]
+        target = next((t for t in targets if t > done), None) or rng.randint(done + 1, last - 1)
+        before = _committed_files(s)
         proc = start(s)
-        # a random moment within the work that is left
-        time.sleep(rng.uniform(0.05, 0.9) * duration * (1 - done / total))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait()
-        if killed == 3:
+        if _kill_on_progress(proc, s, target * chunk, total, rng.uniform(0.0, 0.01)):
+            landed.append(_progress(s)["committed_rows"])
+        assert not (s / "manifest.json").exists(), f"the extraction finished before the kill (kills so far: {landed})"
+        assert _rewritten(before, s) == [], "a resume rewrote chunks that were committed"
+        if len(landed) == MID_RUN_KILLS:
             break
-    assert killed >= 2
+    assert len(landed) == MID_RUN_KILLS, f"only {len(landed)} kills landed inside the extraction: {landed}"
+    assert landed == sorted(landed) and len(set(landed)) == MID_RUN_KILLS, landed  # each resume got further
+    before = _committed_files(s)
+    assert len(before) == 4 * (landed[-1] // chunk)  # 3 layers' chunk files + obs parts
     subprocess.run([sys.executable, str(JOB), str(s), "300"], check=True, env=env, capture_output=True)
+    assert _rewritten(before, s) == [], "the last resume rewrote chunks that were committed"
     assert tree(s) == tree(clean)

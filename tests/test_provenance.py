@@ -35,7 +35,7 @@ def test_encode_defaults_to_the_recorded_store_and_layer(setup):
     torch.testing.assert_close(torch.from_numpy(ft.X.toarray()), want)
 
 
-def test_encode_refuses_another_layer_of_the_same_width_unless_allowed(setup):
+def test_case4_encode_refuses_another_layer_of_the_same_width(setup):
     _, _, store, sae, _ = setup
     with pytest.raises(ValueError, match=r"trained on '1', asked for '3'"):
         bv.encode(sae, store, "3", progress=False)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,6 +100,54 @@ def test_batchtopk_threshold_is_a_moving_average_of_min_kept_activation():
     second = sae(data(seed=2)).codes
     t2 = second[second > 0].min().item()
     assert sae.threshold.item() == pytest.approx(0.5 * t1 + 0.5 * t2, rel=1e-6)
+
+
+def _hand_batchtopk_codes(sae, x, k):
+    """BatchTopK codes written out in float64 from the parameters: the k x n largest
+    pre-activations of the whole batch, ReLU'd, every other entry 0."""
+    p = {n: t.detach().double().numpy() for n, t in sae.named_parameters()}
+    s = float(sae.norm_scale)
+    pre = (x.double().numpy() * s - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    flat = pre.reshape(-1)
+    keep = np.argpartition(-flat, k * len(pre) - 1)[: k * len(pre)]
+    codes = np.zeros_like(flat)
+    codes[keep] = np.maximum(flat[keep], 0)
+    return codes.reshape(pre.shape), p, s
+
+
+@pytest.mark.parametrize("momentum", [None, 0.2])  # None: the default (0.01)
+def test_case14_batchtopk_threshold_ema_uses_momentum_not_one_minus_momentum(momentum):
+    kw = {} if momentum is None else {"threshold_momentum": momentum}
+    sae = make("batchtopk", **kw).train()
+    m = 0.01 if momentum is None else momentum
+    assert sae.cfg.threshold_momentum == m
+    want = None
+    for seed in (1, 2, 3):
+        x = data(seed=seed, scale=1.0 + seed)  # batches whose smallest kept values differ
+        codes, _, _ = _hand_batchtopk_codes(sae, x, K)
+        smallest = codes[codes > 0].min()
+        want = smallest if want is None else (1 - m) * want + m * smallest  # EMA at rate m
+        sae(x)
+        assert sae.threshold.item() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("sparse_path", [True, False])
+def test_case14_matryoshka_loss_is_the_sum_of_prefix_errors_computed_separately(sparse_path):
+    prefixes = [8, 24, D_SAE]
+    sae = make("matryoshka", matryoshka_prefixes=prefixes, sparse_path=sparse_path, auxk_coefficient=0.0)
+    x = data(n=48)
+    sae.fit_normalisation(x)
+    sae.init_from_data(x, "mean")  # b_dec != 0, so a prefix decode without it would show
+    sae.train()
+    losses = sae.loss(x, sae(x))
+    codes, p, s = _hand_batchtopk_codes(sae, x, K)
+    target = x.double().numpy() * s
+    errors = {m: float(np.mean((p["b_dec"] + codes[:, :m] @ p["W_dec"][:m] - target) ** 2)) for m in prefixes}
+    assert len({round(e, 4) for e in errors.values()}) == 3  # three different terms, none to spare
+    assert losses["loss"].item() == pytest.approx(sum(errors.values()), rel=1e-4)
+    assert losses["mse"].item() == pytest.approx(errors[D_SAE], rel=1e-4)
+    for m in prefixes[:-1]:
+        assert losses[f"mse_prefix_{m}"].item() == pytest.approx(errors[m], rel=1e-4)
 
 
 def test_batch_topk_selection_is_exact_including_rows_that_spill():

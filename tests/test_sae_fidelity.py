@@ -1,10 +1,13 @@
+import numpy as np
 import pytest
+import scipy.special
+import scipy.stats
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
 import bioviz as bv
 from bioviz.adapters import TorchAdapter
-from bioviz.evaluate import fidelity, stability
+from bioviz.evaluate import _splice, fidelity, stability
 from bioviz.hooks import capture, patch
 from bioviz.sae import SAEConfig, build_sae
 
@@ -86,3 +89,98 @@ def test_capture_and_patch_nest(mlm):
         with patch(mlm, "bert.encoder.layer.0", lambda t: t + 1):
             mlm(input_ids=ids)
         assert cap.pop()["bert.encoder.layer.1"].shape == (1, 6, 32)
+
+
+class PaddedMaskedTokens(MaskedTokens):
+    """MaskedTokens whose odd items end in 1-4 padding positions (attention_mask 0)."""
+
+    def __getitem__(self, i):
+        item = dict(super().__getitem__(i))
+        if i % 2:
+            item["attention_mask"] = item["attention_mask"].clone()
+            item["attention_mask"][12 - (i % 4 + 1):] = 0
+        return item
+
+
+def _stack(items):
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def _run_replacing(mlm, layer, inputs, replace=None):
+    """The model's logits and ``layer``'s hidden states, with that output replaced by
+    ``replace(hidden)`` through a plain torch forward hook (no bioviz code)."""
+    seen = {}
+
+    def hook(_m, _a, out):
+        hidden = out[0] if isinstance(out, tuple) else out
+        seen["h"] = hidden
+        if replace is None:
+            return None
+        new = replace(hidden)
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    h = mlm.get_submodule(layer).register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = mlm(**inputs).logits
+    finally:
+        h.remove()
+    return logits, seen["h"]
+
+
+def test_case14_fidelity_kl_direction_matches_a_hand_computed_kl(mlm):
+    """KL(clean ‖ patched) = sum_c p_clean log(p_clean / p_patched) per kept position, by scipy."""
+    layer, data, size = "bert.encoder.layer.0", PaddedMaskedTokens(), 12
+    sae = build_sae(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4, seed=5))
+    _, h = _run_replacing(mlm, layer, _stack([data[i] for i in range(24)]))
+    sae.fit_normalisation(h.reshape(-1, 32))
+    sae.eval()
+    kls = {"sae": [], "ablated": []}
+    agree = {"sae": [], "ablated": []}
+    for start in range(0, 24, size):
+        inputs = _stack([data[i] for i in range(start, start + size)])
+        clean, h = _run_replacing(mlm, layer, inputs)
+        mean = h.reshape(-1, 32).mean(0)  # the batch's mean row (all positions, as documented)
+        with torch.no_grad():
+            recon = sae(h.reshape(-1, 32)).x_hat.reshape(h.shape)
+        keep = inputs["attention_mask"].bool().numpy()
+        p = scipy.special.softmax(clean.double().numpy(), axis=-1)
+        for name, repl in (("sae", lambda _h: recon), ("ablated", lambda _h: mean.expand_as(_h))):
+            patched, _ = _run_replacing(mlm, layer, inputs, repl)
+            q = scipy.special.softmax(patched.double().numpy(), axis=-1)
+            kls[name].append(scipy.stats.entropy(p, q, axis=-1)[keep])  # entropy(p, q) = KL(p ‖ q)
+            agree[name].append((p.argmax(-1) == q.argmax(-1))[keep])
+    want = {name: float(np.concatenate(v).mean()) for name, v in kls.items()}
+    n_keep = int(sum(int(data[i]["attention_mask"].sum()) for i in range(24)))
+    assert n_keep < 24 * 12  # padding is left out
+    res = fidelity(TorchAdapter(mlm), data, sae, layer, batch_size=size, progress=False)
+    assert res["positions"] == n_keep
+    for name in ("sae", "ablated"):
+        assert res[f"kl_{name}"] == pytest.approx(want[name], rel=1e-4)
+        assert res[f"top1_agreement_{name}"] == pytest.approx(float(np.concatenate(agree[name]).mean()))
+    assert res["kl_recovered"] == pytest.approx(1 - want["sae"] / want["ablated"], rel=1e-4)
+
+
+def test_case14_exact_splice_sae_plus_error_gives_the_clean_model_run(mlm):
+    """The splices through ``Adapter.run`` compared with the model run without bioviz: the
+    reconstruction plus its error term gives the clean model's logits, and the reconstruction
+    alone gives the logits of the model patched by hand."""
+    layer = "bert.encoder.layer.1"
+    data = PaddedMaskedTokens()
+    adapter = TorchAdapter(mlm)
+    inputs = _stack([data[i] for i in range(8)])
+    clean, h = _run_replacing(mlm, layer, inputs)
+    sae = build_sae(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4, seed=2)).eval()
+    sae.fit_normalisation(h.reshape(-1, 32))
+    with torch.no_grad():
+        recon = sae(h.reshape(-1, 32)).x_hat.reshape(h.shape)
+    by_hand, _ = _run_replacing(mlm, layer, inputs, lambda _h: recon)
+    assert (by_hand - clean).abs().max() > 0.1  # the reconstruction really changes the model
+    ds = adapter.dataset(data)
+    batch = adapter.collate([ds[i] for i in range(8)])
+    mean = h.reshape(-1, 32).mean(0, keepdim=True)
+    with torch.no_grad():
+        exact, _ = adapter.run(batch, splice={layer: _splice("sae_plus_error", sae, mean)})
+        spliced, _ = adapter.run(batch, splice={layer: _splice("sae", sae, mean)})
+    torch.testing.assert_close(adapter.logits(exact), clean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(adapter.logits(spliced), by_hand, atol=1e-5, rtol=1e-5)

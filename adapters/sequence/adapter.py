@@ -229,6 +229,12 @@ class SequenceAdapter(Adapter):
         inputs = {"input_ids": ids, "attention_mask": mask} if self.call == "hf" else ids
         return Batch(inputs, meta, extra)
 
+    def data_fingerprint(self, batch):
+        # the tokens, and where each window's record lies (rows() puts that into obs)
+        recs = [self.records[self.windows[i].record] for i in self._items(batch)]
+        return {"inputs": batch.inputs,
+                "records": [(r.chrom, r.start, r.end, r.strand) for r in recs]}
+
     def forward(self, batch):
         net = self.model
         if self.call == "hf":

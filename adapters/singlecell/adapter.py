@@ -26,6 +26,8 @@ import scipy.sparse as sp
 import torch
 
 from bioviz.adapter import Adapter, Batch
+from bioviz.checksum import digest
+from bioviz.errors import InputError
 
 from .genes import GeneMapping, map_genes
 from .source import CellSource, Survey, survey
@@ -84,6 +86,8 @@ class SingleCellAdapter(Adapter):
         self.source: CellSource | None = None
         self.genes: GeneMapping | None = None
         self.report: dict = {}
+        self._data: dict[str, str] = {}
+        self._dropped: list[dict] = []
 
     # subclass hooks ----------------------------------------------------------------------
 
@@ -116,6 +120,7 @@ class SingleCellAdapter(Adapter):
                                where=where, min_mapped_fraction=self.min_mapped_fraction,
                                duplicate_genes=self.duplicate_genes, order=self.gene_order)
         s = survey(src, self.genes.cols, self._transform())
+        self._check_finite(s, src, where)
         self._check_expression(s, where)
         self.totals = s.totals
         empty = np.flatnonzero(s.n_mapped == 0)
@@ -126,12 +131,43 @@ class SingleCellAdapter(Adapter):
                 f"(first: {names}); filter them out, or pass empty_cells='drop' to skip them"
             )
         cells = np.setdiff1d(np.arange(src.shape[0]), empty)
+        self._dropped = [{"row": int(i) + 1, "sample_id": str(self.meta["sample_id"].iloc[i]),
+                          "cell_id": str(self.meta["cell_id"].iloc[i]),
+                          "reason": f"no expressed gene that the model knows (empty_cells='drop'; {where})"}
+                         for i in empty]
+        # what the store is made from: values as read, the metadata that goes into obs, and
+        # which data columns feed which vocabulary gene (and the identifier shown for it)
+        g = self.genes
+        self._data = {"expression": s.checksum, "obs": digest(self.meta),
+                      "genes": digest([g.genes, g.cols, g.col_gene, g.labels])}
         self.source = src
         self.report = {**self.genes.summary(), "n_cells": int(src.shape[0]),
                        "n_empty_cells_dropped": int(len(empty)), "expression_looks": s.kind,
                        "matrix": src.matrix_name}
         log.info("%s: %s", where, self.report)
         return _Cells(cells)
+
+    def _check_finite(self, s: Survey, src: CellSource, where: str) -> None:
+        if not s.n_nonfinite:
+            return
+        cells = self.meta["cell_id"].iloc[s.nonfinite_cells[:3]].tolist()
+        genes = [str(g) for g in src.var_names[s.nonfinite_genes[:3]]]
+        raise InputError(
+            f"{where}: {len(s.nonfinite_cells)} cells and {len(s.nonfinite_genes)} genes have NaN or Inf "
+            f"values ({s.n_nonfinite} values; first cells: {cells}, first genes: {genes}); a cell's "
+            "tokens are computed from its values and totals, so these cells would get meaningless "
+            "tokens: fix or remove them (or the genes) before extracting"
+        )
+
+    def data_checksums(self, dataset) -> dict[str, str]:
+        """``expression`` (the matrix as read: every value, streamed in the checks pass),
+        ``obs`` (subject, sample, cell and ``obs_columns`` of every cell) and ``genes`` (the
+        mapping of data columns onto the vocabulary)."""
+        return dict(self._data)
+
+    def skipped_items(self, batch: Batch | None = None) -> list[dict]:
+        """The cells dropped with ``empty_cells='drop'`` (``row``: the cell's 1-based position)."""
+        return list(self._dropped) if batch is None else []
 
     def _identifiers(self, src: CellSource):
         if self.gene_key is None:

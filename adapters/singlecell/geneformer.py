@@ -32,6 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from bioviz.checksum import digest
+
 from ..hf import load_hf_model
 from .adapter import EXPRESSION, SingleCellAdapter, Survey, padded
 from .dicts import load_mapping
@@ -183,6 +185,7 @@ class GeneformerAdapter(SingleCellAdapter):
             self.n_counts = given
         self.report["n_counts"] = (f"obs[{self.n_counts_key!r}]" if self.n_counts is not self.totals
                                    else f"row sums of {self.source.matrix_name}")
+        self._data["n_counts"] = digest(np.asarray(self.n_counts, dtype=np.float64))
         return ds
 
     def _encode(self, expr: sp.csr_matrix, cells: np.ndarray):

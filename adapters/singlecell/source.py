@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,12 @@ class Survey:
     n_noninteger: int
     n_values: int
     max_value: float
+    #: blake2b of the matrix as read (CSR, float64, explicit zeros dropped): what the data is
+    checksum: str = ""
+    #: cells (row indices) and genes (column indices) holding NaN or Inf, and how many values
+    nonfinite_cells: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    nonfinite_genes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    n_nonfinite: int = 0
 
     @property
     def kind(self) -> str:
@@ -194,8 +201,12 @@ def survey(source: CellSource, mapped_cols: np.ndarray, transform=None, chunk: i
     is_mapped[mapped_cols] = True
     totals = np.zeros(n)
     n_mapped = np.zeros(n, dtype=np.int64)
-    neg = nonint = nvals = 0
+    neg = nonint = nvals = nonfinite = 0
     vmax = 0.0
+    bad_cells, bad_genes = [], np.zeros(source.shape[1], dtype=bool)
+    # per-cell lengths, column indices and values, each hashed on its own so that the
+    # checksum does not depend on the chunk size
+    hashes = [hashlib.blake2b(digest_size=16) for _ in range(3)]
     starts = range(0, n, chunk)
     if progress and n > 20 * chunk:
         from tqdm.auto import tqdm
@@ -204,6 +215,16 @@ def survey(source: CellSource, mapped_cols: np.ndarray, transform=None, chunk: i
     for s in starts:
         block = source.read(s, min(s + chunk, n))
         d = block.data
+        for hs, part in zip(hashes, (np.diff(block.indptr).astype(np.int64), block.indices.astype(np.int64),
+                                     np.ascontiguousarray(d, dtype=np.float64))):
+            hs.update(part.tobytes())
+        bad = ~np.isfinite(d)
+        if bad.any():
+            nonfinite += int(bad.sum())
+            rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+            bad_cells.append(np.unique(rows[bad]) + s)
+            bad_genes[block.indices[bad]] = True
+            d = d[~bad]  # the other checks look at the finite values
         nvals += d.size
         neg += int((d < 0).sum())
         nonint += int((np.abs(d - np.round(d)) > 1e-6 * np.maximum(1.0, np.abs(d))).sum())
@@ -213,4 +234,9 @@ def survey(source: CellSource, mapped_cols: np.ndarray, transform=None, chunk: i
         totals[s:s + block.shape[0]] = np.asarray(block.sum(axis=1)).ravel()
         hits = is_mapped[block.indices].astype(np.int64)
         n_mapped[s:s + block.shape[0]] = np.add.reduceat(np.append(hits, 0), block.indptr[:-1]) * (np.diff(block.indptr) > 0)
-    return Survey(totals, n_mapped, neg, nonint, nvals, vmax)
+    cells = np.concatenate(bad_cells) if bad_cells else np.zeros(0, np.int64)
+    checksum = hashlib.blake2b(f"{source.shape}".encode(), digest_size=16)
+    for hs in hashes:
+        checksum.update(hs.digest())
+    return Survey(totals, n_mapped, neg, nonint, nvals, vmax, checksum.hexdigest(), cells,
+                  np.flatnonzero(bad_genes), nonfinite)

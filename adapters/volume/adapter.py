@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bioviz.adapter import Adapter, Batch, Run
+from bioviz.checksum import digest, file_checksum
 from bioviz.hooks import hooked, resolve_layers
 
 from .cohort import Cohort
@@ -70,6 +71,7 @@ class ScanInfo:
     affine: np.ndarray  # preprocessed voxel → world (mm)
     mask: torch.Tensor | None  # [1, *padded], or None
     error: str | None = None
+    row: int | None = None  # 1-based data row of the manifest
 
 
 class VolumeAdapter(Adapter):
@@ -210,14 +212,14 @@ class VolumeAdapter(Adapter):
         infos, tensors = [], []
         for it in items:
             if it.error:
-                infos.append(ScanInfo(it.index, it.sample_id, it.file, (), (), np.eye(4), None, it.error))
+                infos.append(ScanInfo(it.index, it.sample_id, it.file, (), (), np.eye(4), None, it.error, it.row))
                 tensors.append(torch.zeros(0))
                 continue
             shape = tuple(it.image.shape[1:])
             padded = padded_shape(shape, self.divisor, self.windows.roi if self.windows else None)
             pads = [p for s, t in zip(reversed(shape), reversed(padded)) for p in (0, t - s)]
             mask = F.pad(it.mask, pads) if it.mask is not None else None
-            infos.append(ScanInfo(it.index, it.sample_id, it.file, shape, padded, it.affine, mask))
+            infos.append(ScanInfo(it.index, it.sample_id, it.file, shape, padded, it.affine, mask, row=it.row))
             tensors.append(F.pad(it.image, pads))
         same = len({t.shape for t in tensors}) == 1 and all(i.error is None for i in infos)
         # one batched forward when every scan has the same grid and no windows are needed
@@ -290,6 +292,27 @@ class VolumeAdapter(Adapter):
 
     def data_fingerprint(self, batch: Batch):
         return {"inputs": batch.inputs, "skipped": [i.error or "" for i in batch.extra["scans"]]}
+
+    def data_checksums(self, dataset) -> dict[str, str]:
+        """The cohort's data, by part: ``obs``, the manifest's rows as they go into obs
+        (``subject_id``, ``sample_id``, every clinical column, with their types); ``files``,
+        the size and bytes of every image and mask (DICOM folders: every file in them),
+        streamed, by position in the cohort (not by path: a cohort moved elsewhere is the same
+        data), and the rows skipped because a file is missing."""
+        c = self.cohort
+        log.info("%s: checksumming %d scans (size and bytes of every file)", c.source, len(c))
+        files = [[s.index, s.sample_id, file_checksum(s.image), file_checksum(s.mask) if s.mask else None]
+                 for s in c.scans]
+        missing = [[s["row"], s["sample_id"], s["reason"]] for s in c.skipped]
+        return {"obs": digest(c.clinical), "files": digest([files, missing])}
+
+    def skipped_items(self, batch: Batch | None = None) -> list[dict]:
+        """Manifest rows whose files are missing (``batch=None``), or a batch's scans that
+        could not be read or used (corrupt, NaN voxels, 2-D/4-D, failed preprocessing)."""
+        if batch is None:
+            return [dict(s) for s in self.cohort.skipped] if self.cohort is not None else []
+        return [{"row": i.row, "sample_id": i.sample_id, "file": i.file, "reason": i.error}
+                for i in batch.extra["scans"] if i.error]
 
     def config(self) -> dict:
         w = self.windows
@@ -408,6 +431,7 @@ class _Item:
     mask: torch.Tensor | None = None
     affine: np.ndarray | None = None
     error: str | None = None
+    row: int | None = None  # 1-based data row of the manifest
 
 
 class _Scans(torch.utils.data.Dataset):
@@ -426,8 +450,8 @@ class _Scans(torch.utils.data.Dataset):
         except ScanError as e:
             if self.adapter.on_bad_scan == "raise":
                 raise ScanError(f"manifest row {scan.row} (sample {scan.sample_id!r}): {e}") from None
-            return _Item(i, scan.sample_id, str(scan.image), error=str(e))
+            return _Item(i, scan.sample_id, str(scan.image), error=str(e), row=scan.row)
         img = out["image"]
         mask = out["mask"].as_tensor() if "mask" in out else None
         return _Item(i, scan.sample_id, str(scan.image), img.as_tensor().contiguous(), mask,
-                     np.asarray(img.affine, dtype=np.float64))
+                     np.asarray(img.affine, dtype=np.float64), row=scan.row)

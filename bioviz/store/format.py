@@ -6,8 +6,13 @@
       manifest.json        written last: its presence means the store is complete
       activations.zarr/    a zarr v3 group, one array per hooked layer: rows × d, chunked by rows
       obs.parquet          one row of metadata per activation row (subject_id, sample_id, ...)
+      checksums.json       a checksum of every chunk of every layer, recorded at commit time
       _progress.json       only while writing: what is committed, where to resume
       _obs/                only while writing: one parquet part per committed chunk
+      .bioviz.lock         only while writing: the writer's lock (bioviz.lock)
+
+The arrays' fill value is NaN (a missing chunk never reads as data); the reader refuses a
+store with a missing chunk file and reports a chunk that does not decode as a StoreError.
 
 Readable without bioviz: ``dask.array.from_zarr("store/activations.zarr", component=LAYER)``
 and ``pandas.read_parquet("store/obs.parquet")``.
@@ -15,9 +20,12 @@ and ``pandas.read_parquet("store/obs.parquet")``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import InputError
 
@@ -28,6 +36,9 @@ PROGRESS = "_progress.json"
 ARRAYS = "activations.zarr"
 OBS = "obs.parquet"
 OBS_PARTS = "_obs"
+CHECKSUMS = "checksums.json"
+CHECKSUM_ALGORITHM = "blake2b-128 of each chunk's rows (dtype, shape, then bytes in C order)"
+PART_CHECKSUMS = b"bioviz.chunk_checksums"  # key of an obs part's parquet metadata
 DTYPES = ("float16", "float32")
 FLOAT16_MAX = 65504.0
 
@@ -52,6 +63,14 @@ def read_json(path: Path) -> dict:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise StoreError(f"{path} is not valid JSON ({e}); the store is damaged") from None
+
+
+def rows_checksum(rows: np.ndarray) -> str:
+    """The checksum of one chunk's rows as stored (:data:`CHECKSUM_ALGORITHM`)."""
+    rows = np.ascontiguousarray(rows)
+    h = hashlib.blake2b(f"{rows.dtype.str}{rows.shape}".encode(), digest_size=16)
+    h.update(rows.reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def obs_part(path: Path, chunk: int) -> Path:

@@ -6,19 +6,38 @@ import os
 
 from .reader import ActivationStore
 
+SHOW_SKIPPED = 10  # skipped items listed by ``describe`` (all are in the manifest)
 
-def describe(store: str | os.PathLike) -> str:
-    """Describe an activation store: rows, samples and subjects, model, layers, checksums.
+
+def skipped_text(item: dict) -> str:
+    """One skipped item for people: ``row 3, sample BROKEN, file x.nii.gz: reason``."""
+    named = (("row", "row"), ("sample_id", "sample"), ("cell_id", "cell"), ("file", "file"))
+    where = ", ".join(f"{label} {item[k]}" for k, label in named if item.get(k) is not None)
+    return f"{where}: {item.get('reason', 'no reason recorded')}"
+
+
+def describe(store: str | os.PathLike, verify: bool = False) -> str:
+    """Describe an activation store: rows, samples and subjects, model, layers, checksums,
+    and the items left out of it (skipped scans, missing files, dropped cells).
 
     Parameters
     ----------
     store
         Directory of the ActivationStore.
+    verify
+        Also read every chunk of every layer and compare it with the checksum recorded
+        when it was committed (reads the whole store).
 
     Returns
     -------
     str
         A few lines for people (the manifest itself is ``manifest.json``).
+
+    Raises
+    ------
+    StoreError
+        The store is damaged; with ``verify``, every chunk that is missing, does not
+        decode or differs from its checksum, named by layer, chunk and rows.
     """
     st = ActivationStore(store)
     m = st.manifest
@@ -34,4 +53,17 @@ def describe(store: str | os.PathLike) -> str:
         f"  obs columns: {', '.join(m['obs_columns'])}",
         f"  data checksum: {m['data_checksum']}",
     ]
+    skipped = m.get("skipped_items", [])
+    lines.append(f"  skipped items: {len(skipped)}" + (" (no rows; listed in manifest.json skipped_items)"
+                                                     if skipped else ""))
+    lines += [f"    {skipped_text(s)}" for s in skipped[:SHOW_SKIPPED]]
+    if len(skipped) > SHOW_SKIPPED:
+        lines.append(f"    ... and {len(skipped) - SHOW_SKIPPED} more")
+    if verify:
+        v = st.verify()
+        n_layers = len(st.layers)
+        lines.append(f"  verified: {v['chunks'] // n_layers} chunks × {n_layers} layers read; "
+                     f"{v['checked']} match the checksums recorded at commit"
+                     + (f", {v['unrecorded']} had none recorded (written by an older bioviz)"
+                        if v["unrecorded"] else ""))
     return "\n".join(lines)

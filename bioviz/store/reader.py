@@ -1,8 +1,17 @@
 """Reading an ActivationStore: validated on open, shuffled training batches with bounded
-memory, or an in-order stream for encoding."""
+memory, or an in-order stream for encoding.
+
+Every chunk the store's manifest implies must exist (checked on open); a chunk that does
+not decode, or reads as NaN (the fill value of a chunk that went missing), is a
+:class:`StoreError` naming the store, the layer, the chunk and its rows, never data.
+:meth:`ActivationStore.verify` compares every chunk with the checksum recorded when it was
+committed (``bioviz info --verify``).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +41,7 @@ class ActivationStore:
             raise StoreError(f"{self.path} is not an activation store: {fmt.MANIFEST} not found")
         self.manifest = fmt.read_json(mpath)
         self._validate()
+        self._check_chunks()
 
     def _validate(self) -> None:
         m, where = self.manifest, self.path / fmt.MANIFEST
@@ -67,6 +77,115 @@ class ActivationStore:
         n_obs = pq.ParquetFile(obs).metadata.num_rows
         if n_obs != n:
             raise StoreError(f"{obs} has {n_obs} rows but the manifest says {n}; the store is damaged")
+
+    # -- chunks: present, decodable, as committed --------------------------------------------
+
+    def _chunk_ranges(self, arr: zarr.Array) -> list[tuple[int, int]]:
+        c, n = int(arr.chunks[0]), int(arr.shape[0])
+        return [(s, min(s + c, n)) for s in range(0, n, c)]
+
+    def _check_chunks(self) -> None:
+        """Every chunk file the arrays' shape implies exists (a missing one would read as
+        the fill value: NaN, or zeros in stores written by an older bioviz)."""
+        for name, arr in self._arrays.items():
+            folder = self.path / fmt.ARRAYS / name
+            present = set()
+            for root, _, files in os.walk(folder):
+                rel = Path(root).relative_to(folder)
+                present.update((rel / f).as_posix() for f in files)
+            n_col = -(-int(arr.shape[1]) // int(arr.chunks[1])) if arr.shape[1] else 0
+            missing = [i for i, _ in enumerate(self._chunk_ranges(arr))
+                       if any(arr.metadata.encode_chunk_key((i, j)) not in present for j in range(n_col))]
+            if missing:
+                ranges = self._chunk_ranges(arr)
+                listed = ", ".join(f"chunk {i} (rows {ranges[i][0]}..{ranges[i][1] - 1})" for i in missing[:5])
+                more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                raise StoreError(
+                    f"{self.path}: layer {name!r} is missing {len(missing)} chunk file(s) under "
+                    f"{folder}: {listed}{more}; the store is damaged (its rows would read as fill "
+                    "values): restore it or extract it again"
+                )
+
+    def _read(self, name: str, arr: zarr.Array, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of layer ``name``; a chunk that cannot be read is a StoreError."""
+        try:
+            rows = _decoded(arr, start, stop)
+        except StoreError:
+            raise StoreError(f"{self.path}: {self._damaged(name, arr, start, stop)}") from None
+        return rows
+
+    def _damaged(self, name: str, arr: zarr.Array, start: int, stop: int) -> str:
+        """Which chunks of ``start:stop`` cannot be read, and why (read one by one)."""
+        c = int(arr.chunks[0])
+        bad = []
+        for i in range(start // c, (max(start, stop - 1)) // c + 1):
+            s, e = i * c, min((i + 1) * c, int(arr.shape[0]))
+            try:
+                _decoded(arr, s, e)
+            except StoreError as err:
+                bad.append(f"chunk {i} (rows {s}..{e - 1}) {err}")
+        return f"layer {name!r} " + ("; ".join(bad) if bad else f"rows {start}..{stop - 1} cannot be read")
+
+    def verify(self) -> dict[str, int]:
+        """Read every chunk of every layer and compare it with the checksum recorded when
+        it was committed.
+
+        Returns
+        -------
+        dict
+            ``chunks`` (read and decoded), ``checked`` (against a recorded checksum) and
+            ``unrecorded`` (committed by a bioviz that recorded none).
+
+        Raises
+        ------
+        StoreError
+            Any chunk that is missing, does not decode or differs from its checksum, each
+            named by layer, chunk and rows; or a checksum file the manifest names that is
+            missing or does not match the store.
+        """
+        sums = self._recorded_checksums()
+        problems, chunks, checked, unrecorded = [], 0, 0, 0
+        for name, arr in self._arrays.items():
+            want = sums.get(name) if sums else None
+            for i, (s, e) in enumerate(self._chunk_ranges(arr)):
+                chunks += 1
+                try:
+                    rows = _decoded(arr, s, e)
+                except StoreError as err:
+                    problems.append(f"layer {name!r} chunk {i} (rows {s}..{e - 1}) {err}")
+                    continue
+                expected = want[i] if want is not None else None
+                if expected is None:
+                    unrecorded += 1
+                elif fmt.rows_checksum(rows) != expected:
+                    problems.append(f"layer {name!r} chunk {i} (rows {s}..{e - 1}) differs from the "
+                                    "checksum recorded when it was committed")
+                else:
+                    checked += 1
+        if problems:
+            listed = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise StoreError(f"{self.path}: {len(problems)} damaged chunk(s): {listed}")
+        return {"chunks": chunks, "checked": checked, "unrecorded": unrecorded}
+
+    def _recorded_checksums(self) -> dict | None:
+        name = self.manifest.get("checksums")
+        if name is None:
+            return None  # a store from before checksums were recorded
+        path = self.path / name
+        if not path.exists():
+            raise StoreError(f"{path} not found, but {self.path / fmt.MANIFEST} says the chunk "
+                             "checksums are there; the store is damaged")
+        try:
+            doc = json.loads(path.read_text())
+            sums = doc["layers"]
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{path} is not a checksum table; the store is damaged") from None
+        for layer, arr in self._arrays.items():
+            n = len(self._chunk_ranges(arr))
+            if not isinstance(sums.get(layer), list) or len(sums[layer]) != n:
+                raise StoreError(f"{path}: layer {layer!r} should have {n} chunk checksums; the "
+                                 "store is damaged")
+        return sums
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -132,8 +251,9 @@ class ActivationStore:
         step = batch_size or self.chunk_rows
         obs_file = pq.ParquetFile(self.path / fmt.OBS) if with_obs else None
         obs_iter = obs_file.iter_batches(batch_size=step) if with_obs else None
+        name = self.resolve_layer(layer)
         for start in range(0, self.n_rows, step):
-            rows = arr[start:min(start + step, self.n_rows)]
+            rows = self._read(name, arr, start, min(start + step, self.n_rows))
             if with_obs:
                 yield start, rows, next(obs_iter).to_pandas()
             else:
@@ -150,7 +270,8 @@ class ActivationStore:
         ``return_index=True`` yields ``(rows, store row indices)``."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected a positive integer")
-        arr = self.array(layer)
+        name = self.resolve_layer(layer)
+        arr = self.array(name)
         chunks = self._chunks()
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(chunks)) if shuffle else np.arange(len(chunks))
@@ -169,7 +290,7 @@ class ActivationStore:
         yielded = 0
         for w in range(0, len(mine), per_window):
             window = mine[w:w + per_window]
-            pool = np.concatenate([carry] + [arr[s:e] for s, e in window])
+            pool = np.concatenate([carry] + [self._read(name, arr, s, e) for s, e in window])
             idx = np.concatenate([carry_idx] + [np.arange(s, e) for s, e in window])
             if shuffle:
                 perm = rng.permutation(len(pool))
@@ -198,3 +319,18 @@ class ActivationStore:
             return self._rank_rows(world_size) // batch_size
         full, rest = divmod(self.n_rows, batch_size)
         return full + (1 if rest and not drop_last else 0)
+
+
+def _decoded(arr: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """``arr[start:stop]``, or a StoreError saying why those rows are not data."""
+    try:
+        rows = arr[start:stop]
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a codec's own error: truncated or garbage bytes
+        raise StoreError(f"cannot be decoded ({type(e).__name__}: {e}); the store is damaged") from None
+    # extraction never stores NaN (nonfinite rows are refused or dropped): NaN is the fill
+    # value of a chunk that went missing, or bytes that changed
+    if rows.size and np.isnan(rows.max()):
+        raise StoreError("reads as NaN: its chunk file went missing or was altered; the store is damaged")
+    return rows
