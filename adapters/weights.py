@@ -22,28 +22,35 @@ def read_state_dict(path, strip_prefixes: Iterable[str] = ("module.",)) -> dict[
 
     A checkpoint that wraps its weights (``{"state_dict": ...}``, ``{"model": ...}``) is
     unwrapped; leading ``strip_prefixes`` (``module.`` from DDP, ``backbone.``) are removed.
+    A damaged, truncated or unreadable file is a :class:`WeightsError` naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:  # truncated, damaged, or not safetensors
+            raise WeightsError(f"{path} is not a readable safetensors file ({e}); the file is damaged "
+                               "or incomplete: download or copy it again") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors name internals; say what the file is not
-            raise ValueError(
+            raise WeightsError(
                 f"{path} is not a torch state dict loadable with weights_only=True ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:200]}); save it with torch.save(model.state_dict()) or safetensors"
+                f"{(str(e).splitlines() or [''])[0][:200]}): a damaged or incomplete file, or one that "
+                "pickles objects; save it with torch.save(model.state_dict()) or safetensors"
             ) from None
         for key in ("state_dict", "model", "model_state_dict", "network"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a flat mapping of parameter names to tensors")
+        raise WeightsError(f"{path} does not hold a flat mapping of parameter names to tensors")
     for prefix in strip_prefixes:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -51,7 +58,8 @@ def read_state_dict(path, strip_prefixes: Iterable[str] = ("module.",)) -> dict[
 
 
 class WeightsError(InputError):
-    """A checkpoint that does not fit the network (names the file and the keys)."""
+    """A weights file that cannot be read, or that does not fit the network (names the file
+    and the keys)."""
 
 
 @dataclass

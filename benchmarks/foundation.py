@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -62,7 +63,74 @@ def _tree(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> tuple[int, int, int]:
+def _progress(store: Path) -> dict | None:
+    """``_progress.json`` of a partial store (None when there is none)."""
+    try:
+        return json.loads((store / "_progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _committed_files(store: Path) -> dict[str, tuple[int, int, bytes]]:
+    """(inode, mtime_ns, bytes) of every file of the chunks ``_progress.json`` records as
+    committed: zarr chunk files (``activations.zarr/<layer>/c/<chunk>/0``; zarr writes each to
+    a temp file and renames it, so a rewrite shows even with equal bytes) and obs parts."""
+    from bioviz.store.format import obs_part
+
+    rec = _progress(store)
+    if rec is None:
+        return {}
+    n, arrays, files = rec["n_chunks"], store / "activations.zarr", []
+    for f in arrays.rglob("*"):
+        rel = f.relative_to(arrays).parts  # (layer, "c", row chunk, column chunk)
+        if f.is_file() and len(rel) == 4 and rel[1] == "c" and int(rel[2]) < n:
+            files.append(f)
+    if len(files) != n * len(rec["layers"]):
+        raise RuntimeError(f"{store}: {n} chunks recorded as committed but {len(files)} chunk files")
+    files += [obs_part(store, i) for i in range(n)]
+    return {str(f.relative_to(store)): (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) for f in files}
+
+
+def _rewritten(before: dict[str, tuple[int, int, bytes]], store: Path) -> int:
+    """How many files of ``before`` are gone or rewritten (obs parts of a finished store are
+    merged into obs.parquet and removed, as they should be)."""
+    finished = (store / "manifest.json").exists()
+    n = 0
+    for name, (ino, mtime, data) in before.items():
+        f = store / name
+        if finished and name.startswith("_obs"):
+            continue
+        n += not f.exists() or (f.stat().st_ino, f.stat().st_mtime_ns) != (ino, mtime) or f.read_bytes() != data
+    return n
+
+
+def _kill_on_progress(p: subprocess.Popen, store: Path, rows: int, total: int, delay: float) -> bool:
+    """SIGKILL ``p`` ``delay`` s after ``_progress.json`` shows ``rows`` committed rows or more.
+    True when the kill landed inside the extraction: the process died of it and left
+    0 < committed rows < ``total`` and no manifest."""
+    while p.poll() is None:
+        rec = _progress(store)
+        if (store / "manifest.json").exists():
+            break
+        if rec is not None and rec["committed_rows"] >= rows:
+            time.sleep(delay)
+            p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    if p.wait() != -signal.SIGKILL:
+        return False
+    rec = _progress(store)
+    return rec is not None and 0 < rec["committed_rows"] < total and not (store / "manifest.json").exists()
+
+
+def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> dict:
+    """``trials`` stores, each SIGKILLed one to three times while the extraction runs, then
+    finished. A kill is made on progress: once ``_progress.json`` shows the trial's next
+    target of committed chunks (drawn at random, never the last two full chunks), after a
+    random delay within the next chunk's work, and it counts only if it landed inside the
+    extraction (0 < committed rows < total, no manifest). A trial passes when all its kills
+    landed, no resume rewrote a committed chunk's files, and the finished store equals an
+    uninterrupted run's byte for byte; a trial whose kills missed fails (never a vacuous pass)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def start(path):
@@ -77,22 +145,37 @@ def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> tuple[int, int, i
     p.wait()
     duration = time.perf_counter() - t
     reference = _tree(clean)
+    manifest = json.loads((clean / "manifest.json").read_text())
+    total, chunk = manifest["n_rows"], manifest["chunk_rows"]
+    last = (total - 1) // chunk  # the most chunks committed while the extraction still runs
+    if last < 4:
+        raise RuntimeError(f"{total} rows in chunks of {chunk}: too few chunks to kill between")
+    per_chunk = duration / manifest["n_chunks"]  # an overestimate: process exit included
     rng = random.Random(0)
-    passed = kills = 0
+    passed = landed = missed = rewritten = 0
     for trial in range(trials):
         path = tmp / f"k{trial}"
-        for _ in range(rng.randint(1, 3)):  # one to three kills per trial, each at a random moment
+        targets = sorted(rng.sample(range(1, last - 1), rng.randint(1, 3)))
+        hits = rewrites = 0
+        for target in targets:
+            done = (_progress(path) or {"n_chunks": 0})["n_chunks"]
+            if (path / "manifest.json").exists() or done >= last - 1:
+                break  # an earlier kill missed and the store got (nearly) finished
+            before = _committed_files(path)
             p = start(path)
-            time.sleep(rng.uniform(0.0, 0.9 * duration))  # after imports, inside the extraction
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                kills += 1
-            p.wait()
+            hits += _kill_on_progress(p, path, max(target, done + 1) * chunk, total, rng.uniform(0, 0.5 * per_chunk))
+            rewrites += _rewritten(before, path)
+        before = _committed_files(path)
         subprocess.run([sys.executable, str(JOB), "extract", str(path), str(n)], check=True,
                        capture_output=True, env=env)
-        passed += _tree(path) == reference
+        rewrites += _rewritten(before, path)
+        passed += hits == len(targets) and rewrites == 0 and _tree(path) == reference
+        landed, missed, rewritten = landed + hits, missed + len(targets) - hits, rewritten + rewrites
         shutil.rmtree(path)
-    return passed, trials, kills
+    return {"kill_resume_identical": f"{passed}/{trials}",
+            "kill_resume_sigkills": landed,  # kills that landed inside the extraction
+            "kill_resume_missed_kills": missed,  # kills that did not (their trials fail)
+            "kill_resume_rewritten_files": rewritten}  # committed chunk files a resume rewrote
 
 
 def run() -> dict:
@@ -102,12 +185,11 @@ def run() -> dict:
         bare, extract = _bare_and_extract(tmp)
         base = _peak_rss(tmp, 1000, "rss1")  # ~190k rows × 128 float32 ≈ 100 MB of activations
         big = _peak_rss(tmp, 8000, "rss8")  # ≈ 790 MB: a leak of rows would show
-        passed, tried, kills = _kill_resume(tmp)
+        kill_resume = _kill_resume(tmp)
     return {
         "extract_overhead": extract / bare,
         "extract_bare_forward_s": bare,
         "extract_peak_rss_ratio_8x": big / base,
         "extract_peak_rss_base_mb": base,
-        "kill_resume_identical": f"{passed}/{tried}",
-        "kill_resume_sigkills": kills,
+        **kill_resume,
     }

@@ -53,9 +53,12 @@ ALLOWED_IMPORTS = (
 #: the options ``main`` reads wherever they are in the arguments
 TRUST_FLAG, DEBUG_FLAG = "--trust_config", "--debug"
 _POLICY_KEYS = ("import_path_verdicts", "import_paths_enforced")
-_TRUST_HINT = (f"bioviz builds a config's objects only from {', '.join(ALLOWED_IMPORTS)} and "
-               f"transformers model classes; {TRUST_FLAG} allows any import path (the config is "
-               "then code: only for configs you trust)")
+_ALLOWED_WORDS = ", ".join(e if e != "transformers.models" else "transformers model classes"
+                           for e in ALLOWED_IMPORTS)
+_TRUST_HINT = (f"a config names classes and functions from {_ALLOWED_WORDS} only; {TRUST_FLAG} "
+               "allows any import path, and the config is then code: use it for configs you trust")
+# what jsonargparse's refusal advises, which a user of the command line cannot do
+_JSONARGPARSE_ADVICE = "Add the import path to import_path_allowlist in set_parsing_settings to allow it."
 # errors a user can act on from their message: a missing or unwritable file they named
 _FILE_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                 PermissionError)
@@ -212,7 +215,7 @@ def build_parser() -> ArgumentParser:
                         help="on an error, raise it with its traceback instead of printing its message")
     parser.add_argument(TRUST_FLAG, action="store_true",
                         help="let the config name any class or function (the config is then code); "
-                             f"by default only {', '.join(ALLOWED_IMPORTS)} and transformers model classes")
+                             f"by default only {_ALLOWED_WORDS}")
     sub = parser.add_subcommands(dest="command")
     for name, stage in _stages().items():
         sub.add_subcommand(name, _stage_parser(stage), help=stage.summary)
@@ -282,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArgumentError as err:  # jsonargparse's message: the option or config key, the reason
         if debug:
             raise
-        _print_error(str(err))
-        if "import_path_allowlist" in str(err) or "is not allowed" in str(err):
+        message = str(err)
+        _print_error(message.replace(_JSONARGPARSE_ADVICE, f"(allowed with {TRUST_FLAG})"))
+        if _JSONARGPARSE_ADVICE in message:
             print(f"hint: {_TRUST_HINT}", file=sys.stderr)
         print(f"tip: the options: bioviz {command + ' ' if command else ''}--help", file=sys.stderr)
         raise SystemExit(2) from None

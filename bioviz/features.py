@@ -4,6 +4,7 @@ feature (sparse codes), so scanpy works on it directly."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import anndata as ad
@@ -14,6 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .checksum import digest
+from .errors import InputError
+from .lock import ArtifactLock
 from .provenance import resolve
 from .sae import SparseAutoencoder, load_sae
 from .store import ActivationStore
@@ -21,7 +24,8 @@ from .store import ActivationStore
 
 def encode(sae: SparseAutoencoder | str, store: ActivationStore | str | None = None,
            layer: str | None = None, *, out: str | None = None, batch_size: int = 8192,
-           progress: bool = True, device: str | None = None, allow_mismatch: bool = False) -> ad.AnnData:
+           progress: bool = True, device: str | None = None, allow_mismatch: bool = False,
+           overwrite: bool = False) -> ad.AnnData:
     """Stream an activation store through an SAE into a FeatureTable (AnnData).
 
     Parameters
@@ -35,7 +39,9 @@ def encode(sae: SparseAutoencoder | str, store: ActivationStore | str | None = N
     layer
         The store layer to encode. Default: the layer the SAE was trained on.
     out
-        Write the table here as h5ad (to a temporary name, renamed when complete).
+        Write the table here as h5ad (to a temporary name, renamed when complete). An
+        existing file is refused before any work: a FeatureTable unless ``overwrite``, any
+        other file always. The file's writer lock is held until it is written.
     batch_size
         Rows read and encoded at a time; only the sparse codes are kept.
     progress
@@ -45,6 +51,8 @@ def encode(sae: SparseAutoencoder | str, store: ActivationStore | str | None = N
     allow_mismatch
         Encode even when the layer or the model that made the store differ from the SAE's
         record (recorded in ``uns["bioviz"]["target"]``).
+    overwrite
+        Replace ``out`` when it holds a FeatureTable (bioviz never replaces another file).
 
     Returns
     -------
@@ -70,6 +78,48 @@ def encode(sae: SparseAutoencoder | str, store: ActivationStore | str | None = N
     >>> ft.shape, ft.uns["bioviz"]["layer"]
     ((256, 32), '0')
     """
+    if out is not None:
+        out = Path(out)
+        _check_out(out, overwrite)  # before any work
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with ArtifactLock(out, "FeatureTable", folder=False) if out is not None else nullcontext():
+        ft = _encode(sae, store, layer, batch_size, progress, device, allow_mismatch)
+        if out is not None:
+            _check_out(out, overwrite)  # what another process may have written meanwhile
+            write_h5ad(ft, out)
+    return ft
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that must not be replaced, naming it and what to do."""
+    if out.is_dir():
+        raise InputError(f"out={out} is a folder; expected the path of an .h5ad file")
+    if not out.exists():
+        return
+    if not _is_feature_table(out):
+        raise InputError(
+            f"out={out} exists and is not a FeatureTable bioviz wrote; bioviz never replaces it, "
+            "even with overwrite=True: choose another path"
+        )
+    if not overwrite:
+        raise InputError(f"out={out} already holds a FeatureTable; pass overwrite=True to replace it, "
+                         "or choose another path")
+
+
+def _is_feature_table(path: Path) -> bool:
+    """An h5ad file written by :func:`encode` (it has ``uns/bioviz/sae``)."""
+    import h5py
+
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as f:
+            return "uns/bioviz/sae" in f and "X" in f and "obs" in f
+    except OSError:
+        return False
+
+
+def _encode(sae, store, layer, batch_size, progress, device, allow_mismatch) -> ad.AnnData:
     if not isinstance(sae, SparseAutoencoder):
         sae = load_sae(sae)
     path = store.path if isinstance(store, ActivationStore) else store
@@ -122,8 +172,6 @@ def encode(sae: SparseAutoencoder | str, store: ActivationStore | str | None = N
                         "store": str(store.path), "store_n_rows": store.n_rows,
                         "store_manifest_blake2b": digest(store.manifest),
                         "target": _json_safe(target.record())}
-    if out is not None:
-        write_h5ad(ft, out)
     return ft
 
 

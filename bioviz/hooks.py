@@ -229,7 +229,7 @@ def patch(model: nn.Module, layer: str, fn, *, select: int | str | None = None):
     module = dict(model.named_modules())[names[0]]
 
     def hook(_m, _args, output):
-        return (fn(select_tensor(output, select)), output)[1]
+        return replace_tensor(output, fn(select_tensor(output, select)), select)
 
     handle = module.register_forward_hook(hook)
     try:

@@ -244,23 +244,26 @@ def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_pat
         return proc
 
     clean = tmp_path / "clean"
-    assert start(clean).wait() == 0
+    proc = start(clean)
+    t0 = time.perf_counter()
+    assert proc.wait() == 0
     manifest = json.loads((clean / "manifest.json").read_text())
     total, chunk = manifest["n_rows"], manifest["chunk_rows"]
     last = (total - 1) // chunk  # the most chunks committed while the extraction still runs
     assert last >= 2 * MID_RUN_KILLS, (total, chunk)
+    per_chunk = (time.perf_counter() - t0) / manifest["n_chunks"]  # an overestimate: exit included
     rng = random.Random(0)
-    # kill after these chunks, each at a random moment of the next chunk's work; never after
-    # the last full chunk, so a kill cannot race the end of the extraction
-    targets = sorted(rng.sample(range(1, last), MID_RUN_KILLS))
+    # kill after these chunks, each at a random moment early in the next chunk's work (its
+    # forward or its commit); never after the last two full chunks, so it cannot race the end
+    targets = sorted(rng.sample(range(1, last - 1), MID_RUN_KILLS))
     s = tmp_path / "s"
     landed: list[int] = []
     for _ in range(2 * MID_RUN_KILLS):
         done = (_progress(s) or {"n_chunks": 0})["n_chunks"]
-        target = next((t for t in targets if t > done), None) or rng.randint(done + 1, last - 1)
+        target = next((t for t in targets if t > done), None) or rng.randint(done + 1, last - 2)
         before = _committed_files(s)
         proc = start(s)
-        if _kill_on_progress(proc, s, target * chunk, total, rng.uniform(0.0, 0.01)):
+        if _kill_on_progress(proc, s, target * chunk, total, rng.uniform(0.0, 0.3 * per_chunk)):
             landed.append(_progress(s)["committed_rows"])
         assert not (s / "manifest.json").exists(), f"the extraction finished before the kill (kills so far: {landed})"
         assert _rewritten(before, s) == [], "a resume rewrote chunks that were committed"

@@ -10,7 +10,7 @@ from pathlib import Path
 CORE = Path(__file__).resolve().parents[1] / "bioviz"
 APPLICATION = {"cli", "demo", "run"}
 # rank in the flow of artifacts; a module may import modules of equal or lower rank
-RANK = {"version": 0, "errors": 0, "checksum": 0, "hooks": 0, "tables": 0, "batches": 0, "trainer": 0,
+RANK = {"version": 0, "errors": 0, "lock": 0, "checksum": 0, "hooks": 0, "tables": 0, "batches": 0, "trainer": 0,
         "adapter": 1, "store": 2, "extract": 3, "sae": 4, "provenance": 5, "features": 5,
         "evaluate": 6}
 

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import scipy.special
@@ -131,6 +133,9 @@ def _run_replacing(mlm, layer, inputs, replace=None):
 def test_case14_fidelity_kl_direction_matches_a_hand_computed_kl(mlm):
     """KL(clean ‖ patched) = sum_c p_clean log(p_clean / p_patched) per kept position, by scipy."""
     layer, data, size = "bert.encoder.layer.0", PaddedMaskedTokens(), 12
+    mlm = copy.deepcopy(mlm)
+    with torch.no_grad():  # peaked predictions, so KL(p ‖ q) and KL(q ‖ p) are far apart
+        mlm.cls.predictions.transform.LayerNorm.weight.mul_(10)
     sae = build_sae(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=4, seed=5))
     _, h = _run_replacing(mlm, layer, _stack([data[i] for i in range(24)]))
     sae.fit_normalisation(h.reshape(-1, 32))

@@ -88,7 +88,7 @@ def test_case3_chunk_missing_after_open_is_an_error_on_read(clean, tmp_path):
 
 def test_case3_bit_flip_is_found_by_info_verify(clean, tmp_path):
     p = _copy(clean, tmp_path)
-    assert "verified: 20 chunks" in describe(p, verify=True)
+    assert "verified: 10 chunks × 2 layers read; 20 match the checksums" in describe(p, verify=True)
     f = _chunk(p, "0", 4)
     raw = bytearray(f.read_bytes())
     raw[41] ^= 0x01  # same size, a value still finite
@@ -346,7 +346,7 @@ def test_case7_every_artifact_writer_takes_the_lock(clean, sae_dir, tmp_path):
 
 # -- case 8: encode --out never replaces a file unasked -------------------------------------
 
-def test_case8_encode_out_refuses_to_overwrite_an_existing_file(clean, sae_dir, tmp_path):
+def test_case8_encode_out_refuses_to_overwrite_an_existing_file(clean, sae_dir, tmp_path, capsys):
     from bioviz.cli import main
 
     other = tmp_path / "cohort.h5ad"
@@ -359,9 +359,9 @@ def test_case8_encode_out_refuses_to_overwrite_an_existing_file(clean, sae_dir, 
     ft = tmp_path / "ft.h5ad"
     bv.encode(str(sae_dir), clean, out=str(ft), progress=False)
     stamp = ft.stat().st_mtime_ns
-    with pytest.raises(InputError, match="overwrite=True"):
-        main(["encode", str(sae_dir), "--store", str(clean.path), "--out", str(ft), "--progress", "false"])
+    args = ["encode", str(sae_dir), "--store", str(clean.path), "--out", str(ft), "--progress", "false"]
+    assert main(args) == 1
+    assert "already holds a FeatureTable; pass overwrite=True" in capsys.readouterr().err
     assert ft.stat().st_mtime_ns == stamp
-    main(["encode", str(sae_dir), "--store", str(clean.path), "--out", str(ft), "--progress", "false",
-          "--overwrite", "true"])
+    assert main([*args, "--overwrite", "true"]) == 0
     assert ft.stat().st_mtime_ns != stamp

@@ -6,6 +6,8 @@ import json
 import re
 import subprocess
 import sys
+from argparse import ArgumentError
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
@@ -32,9 +34,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "experiments" / "extract_example.yaml"
-# a small torch.nn model with hookable children, allowed by the default allow-list
-MODEL = {"class_path": "torch.nn.TransformerEncoderLayer",
-         "init_args": {"d_model": 4, "nhead": 1, "dim_feedforward": 8, "batch_first": True}}
+# the example config's small model (transformers model classes are on the default allow-list)
+MODEL = yaml.safe_load(CONFIG.read_text())["adapter"]["init_args"]["model"]
 
 
 class TouchDataset(torch.utils.data.Dataset):
@@ -93,7 +94,7 @@ def test_case9_config_cannot_run_shell_commands(tmp_path, capsys):
             "datapipe": {"class_path": "torch.utils.data.datapipes.map.SequenceWrapper",
                          "init_args": {"sequence": [f"touch {marker}"]}},
             "fn": "os.system"}},
-        "layers": ["linear1"],
+        "layers": ["encoder.layer.*"],
         "store_path": str(tmp_path / "store"),
         "progress": False,
     }))
@@ -111,14 +112,31 @@ def test_case9_config_cannot_run_shell_commands(tmp_path, capsys):
 
 
 def test_case9_callable_values_come_from_the_allow_list_too(tmp_path, capsys):
-    # a Callable-typed parameter of an allowed class resolves dotted paths as well
-    marker = tmp_path / "pwned"
-    model = {"class_path": "torch.nn.TransformerEncoderLayer",
-             "init_args": {**MODEL["init_args"], "activation": "os.system"}}
-    code = _run(["layers", "--config", yaml.safe_dump({"adapter": {
-        "class_path": "bioviz.adapters.TorchAdapter", "init_args": {"model": model}}})])
-    assert code == 2 and not marker.exists()
+    # a Callable-typed parameter of an allowed class resolves a dotted path as well
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "trainer": {"max_steps": 1, "default_root_dir": str(tmp_path / "runs"),
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.LambdaCallback",
+                                   "init_args": {"setup": "os.system"}}]},
+        "model": {"output_dir": str(tmp_path / "sae")},
+        "data": {"store": str(tmp_path / "no-store"), "layer": "0"},
+    }))
+    assert _run(["train", "--config", str(cfg)]) == 2
     assert "os.system" in capsys.readouterr().err
+    # the hook itself: a Callable option of a parser built while the policy holds
+    from jsonargparse import ArgumentParser
+
+    from bioviz.cli import import_policy
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--fn", type=Callable)
+    with import_policy():
+        assert parser.parse_args(["--fn", "torch.nn.functional.relu"]).fn is torch.nn.functional.relu
+        for path in ("os.system", "subprocess.run", "bioviz.cli.os.system", "builtins.exec"):
+            with pytest.raises(ArgumentError, match="not allowed"):
+                parser.parse_args(["--fn", path])
+    with import_policy(trust=True):
+        assert parser.parse_args(["--fn", "shutil.rmtree"]).fn.__name__ == "rmtree"
 
 
 def test_case9_opt_in_flag_allows_other_classes(tmp_path, capsys):
@@ -126,7 +144,7 @@ def test_case9_opt_in_flag_allows_other_classes(tmp_path, capsys):
     cfg = {
         "adapter": {"class_path": "bioviz.adapters.TorchAdapter", "init_args": {"model": MODEL}},
         "data": {"class_path": f"{__name__}.TouchDataset", "init_args": {"marker": str(marker)}},
-        "layers": ["linear1"], "store_path": str(tmp_path / "store"), "progress": False,
+        "layers": ["encoder.layer.*"], "store_path": str(tmp_path / "store"), "progress": False,
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -155,8 +173,7 @@ def test_case9_train_config_classes_come_from_the_allow_list(tmp_path, capsys):
 
 
 def test_case9_the_allow_list_is_lifted_after_parsing(tmp_path):
-    from jsonargparse import ArgumentParser
-    from jsonargparse import _common
+    from jsonargparse import ArgumentParser, _common
 
     before = {k: _common.parsing_settings[k] for k in ("import_path_verdicts", "import_paths_enforced")}
     _run(["layers", "--config", str(CONFIG)])
@@ -326,9 +343,9 @@ def test_case12_sweep_values_cannot_escape_the_output_folder(tmp_path):
 def test_case12_non_integer_seed_is_a_validation_error():
     for seed in (1.5, "3", "../../x", True):
         with pytest.raises(InputError, match=r"seed=.* must be an integer"):
-            SAEConfig(d_in=8, d_sae=16, seed=seed).validate()
-    SAEConfig(d_in=8, d_sae=16, seed=None).validate()
-    SAEConfig(d_in=8, d_sae=16, seed=3).validate()
+            SAEConfig(d_in=8, d_sae=16, k=2, seed=seed).validate()
+    SAEConfig(d_in=8, d_sae=16, k=2, seed=None).validate()
+    SAEConfig(d_in=8, d_sae=16, k=2, seed=3).validate()
 
 
 def test_case12_sweep_folder_names_are_safe_and_distinct(tmp_path):

@@ -9,6 +9,7 @@ import json
 import pickle
 import warnings
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -80,26 +81,37 @@ def test_case1_changed_labels_same_count_is_refused(tmp_path):
 
 def test_case1_volume_label_corrected_in_manifest_is_refused(tmp_path):
     manifest = write_cohort(tmp_path / "c", n=2, masks=False)
+    table = pd.read_csv(manifest)
+    for i, name in enumerate(table["image"]):  # uncompressed: a voxel can change, the size not
+        nib.save(nib.load(tmp_path / "c" / name), tmp_path / "c" / f"s{i}.nii")
+    table["image"] = [f"s{i}.nii" for i in range(len(table))]
+    table.to_csv(manifest, index=False)
     kw = {"batch_size": 2, "progress": False}
     net = build_network(SEGRESNET)
-    bv.extract(VolumeAdapter(net, preprocess=PRE), manifest, "down_layers.2", tmp_path / "s", **kw)
+
+    def run(**more):
+        return bv.extract(VolumeAdapter(net, preprocess=PRE), manifest, "down_layers.2", tmp_path / "s",
+                          **kw, **more)
+
+    run()
     stamp = (tmp_path / "s" / "manifest.json").stat().st_mtime_ns
-    bv.extract(VolumeAdapter(net, preprocess=PRE), manifest, "down_layers.2", tmp_path / "s", **kw)
+    run()
     assert (tmp_path / "s" / "manifest.json").stat().st_mtime_ns == stamp  # same data: reused
-    table = pd.read_csv(manifest)
     table.loc[1, "group"] = "a"  # the label column corrected
     table.to_csv(manifest, index=False)
     with pytest.raises(StoreError, match=r"from different input data \(differs in: data\.obs\)"):
-        bv.extract(VolumeAdapter(net, preprocess=PRE), manifest, "down_layers.2", tmp_path / "s", **kw)
-    st = bv.extract(VolumeAdapter(net, preprocess=PRE), manifest, "down_layers.2", tmp_path / "s",
-                    overwrite=True, **kw)
+        run()
+    st = run(overwrite=True)
     assert set(st.obs.loc[st.obs["subject_id"] == "S1", "group"]) == {"a"}
-    # a scan replaced by another of the same size: the files' contents are compared
-    s0, s1 = (tmp_path / "c" / "s0.nii.gz").read_bytes(), (tmp_path / "c" / "s1.nii.gz").read_bytes()
-    (tmp_path / "c" / "s0.nii.gz").write_bytes(s1)
-    (tmp_path / "c" / "s1.nii.gz").write_bytes(s0)
-    with pytest.raises(StoreError, match=r"differs in: data\.files"):
-        bv.extract(VolumeAdapter(net, preprocess=PRE), manifest, "down_layers.2", tmp_path / "s", **kw)
+    # one voxel of one scan changed, the file's size the same: its bytes are compared
+    scan = tmp_path / "c" / "s1.nii"
+    size, img = scan.stat().st_size, nib.load(scan)
+    voxels = np.asarray(img.dataobj).copy()
+    voxels[0, 0, 0] += 100
+    nib.save(nib.Nifti1Image(voxels, img.affine, img.header), scan)
+    assert scan.stat().st_size == size
+    with pytest.raises(StoreError, match=r"from different input data \(differs in: data\.files\)"):
+        run()
 
 
 @pytest.fixture(scope="module")

@@ -92,13 +92,27 @@ def test_patch_pooling_and_one_row_per_scan(tmp_path):
     np.testing.assert_allclose(scans.array()[:][0], a[s0].mean(0), atol=1e-4)
 
 
-def test_vit_tokens_become_rows_on_the_patch_grid(tmp_path):
+def test_case17_vit_tokens_become_rows_on_the_grid_cell_of_their_patch(tmp_path):
+    """Each ViT token lands on its own patch's cell: with the position embeddings zeroed, the
+    patch embedding's token for a patch is MONAI's patch convolution at that patch, read
+    straight off the convolution's own [C, i, j, k] output."""
     manifest = write_cohort(tmp_path / "c", n=1, masks=False)
-    vit = {"class_path": "monai.networks.nets.ViT",
-           "init_args": {"in_channels": 1, "img_size": 32, "patch_size": 8, "hidden_size": 48, "mlp_dim": 96,
-                         "num_layers": 2, "num_heads": 4, "classification": True}}
+    vit = build_network({"class_path": "monai.networks.nets.ViT",
+                         "init_args": {"in_channels": 1, "img_size": 32, "patch_size": 8, "hidden_size": 48,
+                                       "mlp_dim": 96, "num_layers": 2, "num_heads": 4,
+                                       "classification": True}}).eval()
+    with torch.no_grad():
+        vit.patch_embedding.position_embeddings.zero_()
     ad = VolumeAdapter(vit, preprocess=PRE, roi_size=32)
-    st = bv.extract(ad, manifest, "blocks.1", tmp_path / "s", progress=False)
-    _, _, shape = _padded(ad, ad.cohort[0])
-    assert len(st.obs) == math.prod(math.ceil(s / 8) for s in shape)
-    assert st.obs["voxel_i"].min() == 3.5 and st.array().shape[1] == 48
+    st = bv.extract(ad, manifest, ["patch_embedding", "blocks.1"], tmp_path / "s", progress=False)
+    _, x, shape = _padded(ad, ad.cohort[0])
+    assert len(set(shape)) == 3  # three different sides: a transposed grid cannot line up by chance
+    n = math.prod(math.ceil(s / 8) for s in shape)
+    assert len(st.obs) == n and st.array("blocks.1").shape == (n, 48)
+    pad = [p for s in reversed(x.shape[2:]) for p in (0, max(0, 32 - s))]  # at least one window
+    with torch.inference_mode():  # stride-8 convolution: windows with starts on the patch grid agree
+        conv = vit.patch_embedding.patch_embeddings(F.pad(x, pad))[0]  # [48, i, j, k]
+    g = st.obs[["grid_i", "grid_j", "grid_k"]].to_numpy()
+    np.testing.assert_allclose(st.array("patch_embedding")[:], conv[:, g[:, 0], g[:, 1], g[:, 2]].T.numpy(),
+                               atol=1e-5)
+    assert st.obs["voxel_i"].min() == 3.5

@@ -44,6 +44,37 @@ def test_dicom_series_loads_in_scanner_coordinates(tmp_path):
     assert float(img[..., 4].mean() - img[..., 0].mean()) == pytest.approx(40, abs=1e-3)  # slice order kept
 
 
+@pytest.mark.parametrize("orientation", ["axial", "sagittal"])
+def test_case17_dicom_slices_are_stacked_by_position_along_the_slice_normal(tmp_path, orientation):
+    """File names and InstanceNumbers in neither order of position (as an interleaved
+    acquisition numbers them): slice k of the volume must be the file at the k-th position
+    along the slice normal, and the affine must put it there."""
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    iop = [1.0, 0, 0, 0, 1, 0] if orientation == "axial" else [0.0, 1, 0, 0, 0, -1]
+    normal = np.cross(iop[:3], iop[3:])
+    origin = np.array([float(v) for v in src.ImagePositionPatient])
+    uid, folder = generate_uid(), tmp_path / "series"
+    folder.mkdir()
+    names = ["e", "a", "d", "b", "c"]  # file k (k-th position along the normal) is names[k]
+    instance = [1, 2, 3, 4, 5]
+    for k in range(5):
+        ds = copy.deepcopy(src)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = uid, generate_uid(), instance[k]
+        ds.ImageOrientationPatient = iop
+        ds.ImagePositionPatient = [float(v) for v in origin + 5.0 * k * normal]
+        ds.PixelData = (src.pixel_array.astype(np.int16) + 10 * k).tobytes()
+        ds.save_as(folder / f"{names[k]}.dcm")
+    img = load_scan(folder)
+    assert tuple(img.shape) == (128, 128, 5)
+    means = np.array([float(img[..., s].mean()) for s in range(5)])
+    k_of = np.rint((means - means.min()) / 10).astype(int)  # which file each slice holds
+    assert sorted(k_of) == [0, 1, 2, 3, 4]
+    aff = np.asarray(img.affine)
+    for s in range(5):  # each slice sits where its file says it is (DICOM LPS → RAS)
+        want = (origin + 5.0 * k_of[s] * normal) * [-1, -1, 1]
+        np.testing.assert_allclose(aff[:3, :3] @ [0, 0, s] + aff[:3, 3], want, atol=1e-3)
+
+
 def test_bad_files_are_named(tmp_path):
     good = write_cohort(tmp_path, n=1, masks=False).parent / "s0.nii.gz"
     raw = good.read_bytes()

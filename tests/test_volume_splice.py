@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map
 from monai.inferers import sliding_window_inference
 from test_volume_common import SEGRESNET, write_cohort
 
@@ -40,9 +42,26 @@ def _with_splice(net, layer, fn):
     return ref
 
 
-def _monai(net, x):
-    return sliding_window_inference(x, (ROI,) * 3, 1, net, overlap=OVERLAP, mode="gaussian",
-                                    sigma_scale=SIGMA)
+def _monai(net, x, mode="gaussian", **kw):
+    return sliding_window_inference(x, (ROI,) * 3, 1, net, overlap=OVERLAP, mode=mode,
+                                    sigma_scale=SIGMA, **kw)
+
+
+class _UpTo(torch.nn.Module):
+    """The network's ``layer`` output as the network's output (a plain forward hook)."""
+
+    def __init__(self, net, layer):
+        super().__init__()
+        self.net, self.layer = net, layer
+
+    def forward(self, x):
+        seen = []
+        h = self.net.get_submodule(self.layer).register_forward_hook(lambda _m, _a, out: seen.append(out))
+        try:
+            self.net(x)
+        finally:
+            h.remove()
+        return seen[0]
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +89,35 @@ def test_windowed_run_matches_monai_sliding_window_inference(setup):
     assert acts[LAYER][0].shape[2:] == tuple(s // 2 for s in x.shape[2:])
 
 
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
 @torch.inference_mode()
-def test_splice_inside_every_window_matches_monai_on_the_spliced_network(setup):
+def test_case14_sliding_window_blend_weights_match_monai_for_the_output_and_a_layer(setup, mode):
+    """Both blend modes, on the output and on a stride-2 layer whose convolutions cross window
+    borders: the reference is MONAI's sliding_window_inference; for the layer it runs the
+    network up to the layer and is handed the window weights averaged over each 2x2x2 cell."""
+    _, net, batch, x, manifest = setup
+    ad = VolumeAdapter(net, preprocess=PRE, roi_size=ROI, overlap=OVERLAP, blend=mode, sigma_scale=SIGMA)
+    ds = ad.dataset(manifest)
+    b = ad.collate([ds[0]])
+    assert torch.equal(b.inputs[0][None], x)
+    out, acts = ad.run(b, [LAYER])
+    torch.testing.assert_close(out[0], _monai(net, x, mode), atol=1e-5, rtol=1e-4)
+    weight = compute_importance_map((ROI,) * 3, mode=mode, sigma_scale=SIGMA, dtype=torch.float32)
+    cell = F.avg_pool3d(weight[None, None], 2)
+
+    def cell_weights(seg, _win, _importance):
+        return seg, cell
+
+    ref = _monai(_UpTo(net, LAYER), x, mode, process_fn=cell_weights)
+    assert ref.shape == acts[LAYER][0].shape
+    torch.testing.assert_close(acts[LAYER][0], ref, atol=1e-5, rtol=1e-4)
+    if mode == "gaussian":  # the weights matter here: an unweighted mean of the windows differs
+        flat = _monai(_UpTo(net, LAYER), x, "constant")
+        assert (flat - ref).abs().max() > 1e-3
+
+
+@torch.inference_mode()
+def test_case14_exact_splice_and_splice_inside_every_window_match_monai_and_the_clean_run(setup):
     ad, net, batch, x, _ = setup
     sae = build_sae(SAEConfig(d_in=16, d_sae=64, k=4, seed=0))
     mean = torch.zeros(1, 16)
@@ -86,6 +132,7 @@ def test_splice_inside_every_window_matches_monai_on_the_spliced_network(setup):
     # window by window, while the reconstruction alone does not
     exact, _ = ad.run(batch, splice={LAYER: _splice("sae_plus_error", sae, mean)})
     torch.testing.assert_close(exact[0], clean[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(exact[0], _monai(net, x), atol=1e-5, rtol=1e-4)  # the clean model, run by MONAI
 
 
 def test_fidelity_runs_through_windows(setup):

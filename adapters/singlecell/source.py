@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from bioviz.errors import InputError
+
 log = logging.getLogger(__name__)
 SURVEY_CHUNK = 4096  # cells read at a time by the checks pass: bounds its memory
 
@@ -43,7 +45,7 @@ class CellSource:
         import anndata as ad
 
         if layer is not None and use_raw:
-            raise ValueError("pass layer= or use_raw=True, not both")
+            raise InputError("pass layer= or use_raw=True, not both")
         self.layer, self.use_raw = layer, use_raw
         self.matrix_name = "raw.X" if use_raw else (f"layers[{layer!r}]" if layer else "X")
         self._adata, self._handle, self._pid = None, None, None
@@ -52,7 +54,7 @@ class CellSource:
             if not self.path.is_file():
                 raise FileNotFoundError(f"single-cell data: {self.path} does not exist")
             if self.path.suffix != ".h5ad":
-                raise ValueError(f"single-cell data: {self.path} is not an .h5ad file")
+                raise InputError(f"single-cell data: {self.path} is not an .h5ad file")
         elif isinstance(data, ad.AnnData):
             self.path = Path(data.filename) if data.isbacked else None
             if self.path is None:
@@ -74,19 +76,19 @@ class CellSource:
         self.obs = a.obs
         if self.use_raw:
             if a.raw is None:
-                raise ValueError(f"{self.where} has no .raw; drop use_raw=True")
+                raise InputError(f"{self.where} has no .raw; drop use_raw=True")
             self.var_names, self.var = a.raw.var_names, a.raw.var
             matrix = a.raw.X
         elif self.layer is not None:
             if self.layer not in a.layers:
-                raise ValueError(f"{self.where} has no layer {self.layer!r} (layers: {list(a.layers)})")
+                raise InputError(f"{self.where} has no layer {self.layer!r} (layers: {list(a.layers)})")
             self.var_names, self.var = a.var_names, a.var
             matrix = a.layers[self.layer]
         else:
             self.var_names, self.var = a.var_names, a.var
             matrix = a.X
         if matrix is None:
-            raise ValueError(f"{self.where}: {self.matrix_name} is empty")
+            raise InputError(f"{self.where}: {self.matrix_name} is empty")
         if sp.issparse(matrix) and matrix.format != "csr":
             # rows of a CSC matrix are scattered; one conversion beats one per batch
             log.info("converting %s of %s to CSR for row access", self.matrix_name, self.where)
@@ -98,17 +100,31 @@ class CellSource:
         import h5py
 
         read_elem, _ = _anndata_io()
-        with h5py.File(self.path, "r") as f:
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as e:  # not HDF5 at all, or truncated before its superblock
+            raise InputError(f"single-cell data: {self.path} is not a readable HDF5 file, so not an "
+                             f".h5ad ({e}); write it with AnnData.write_h5ad") from None
+        with f:
             key = self._key()
+            var_key = "raw/var" if self.use_raw else "var"
+            missing = [k for k in ("obs", var_key) if k not in f]
+            if missing:
+                raise InputError(f"{self.where} is an HDF5 file but not an AnnData: no "
+                                 f"{' or '.join(missing)} (write it with AnnData.write_h5ad)")
             if key not in f:
-                raise ValueError(f"{self.where} has no {self.matrix_name}")
-            self.obs = read_elem(f["obs"])
-            var = read_elem(f["raw/var"] if self.use_raw else f["var"])
-            enc = f[key].attrs.get("encoding-type", "array")
+                raise InputError(f"{self.where} has no {self.matrix_name}")
+            try:
+                self.obs = read_elem(f["obs"])
+                var = read_elem(f[var_key])
+                enc = f[key].attrs.get("encoding-type", "array")
+            except (OSError, KeyError, ValueError, TypeError) as e:  # truncated or damaged
+                raise InputError(f"{self.where}: cannot read obs/var/{self.matrix_name} ({type(e).__name__}: "
+                                 f"{e}); the file is damaged or incomplete") from None
             if isinstance(enc, bytes):
                 enc = enc.decode()
             if enc == "csc_matrix":
-                raise ValueError(
+                raise InputError(
                     f"{self.where}: {self.matrix_name} is stored column-major (CSC), which cannot be "
                     "read one cell at a time; rewrite it as CSR (adata.X = adata.X.tocsr(); write_h5ad)"
                 )

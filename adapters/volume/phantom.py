@@ -13,13 +13,25 @@ NIfTI files and a ``manifest.csv``; the same arguments give byte-identical files
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from bioviz.errors import InputError
+from bioviz.lock import LOCK_NAME, ArtifactLock
+
 SITES = {"site-A": (1.00, 0.0, "RAS"), "site-B": (1.15, 40.0, "LAS"), "site-C": (0.88, -30.0, "RAS")}
 INTENSITY = 1000.0  # template 1.0 → 1000 stored units (int16), like many T1 scans
+GENERATOR = "bioviz.adapters.volume.make_brain_cohort"
+# what a cohort folder holds: overwrite=True deletes these and nothing else
+_OWN = {"images": re.compile(r"sub-\d+\.nii\.gz"), "masks": re.compile(r"sub-\d+_lesion\.nii\.gz"),
+        "manifest.csv": None, "cohort.json": None}
+
+
+class CohortFolderError(InputError, FileExistsError):
+    """``out_dir`` holds something ``make_brain_cohort`` may not write over."""
 
 
 def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm: float = 2.0,
@@ -50,7 +62,8 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
     noise : float
         Noise sd relative to white matter.
     overwrite : bool
-        Replace a cohort already in ``out_dir`` (never a folder holding anything else).
+        Replace a cohort already in ``out_dir`` that this function wrote (its
+        ``cohort.json`` says so), holding only the files it writes; never anything else.
     progress : bool
         Show a progress bar.
 
@@ -59,8 +72,6 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
     Path
         ``out_dir / "manifest.csv"``.
     """
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
-
     out = Path(out_dir)
     if not 0 < positive_fraction < 1:
         raise ValueError(f"positive_fraction={positive_fraction}: expected a value in (0, 1)")
@@ -69,14 +80,62 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
     if voxel_mm <= 0 or lesion_radius_mm <= 0:
         raise ValueError("voxel_mm and lesion_radius_mm must be positive")
     manifest = out / "manifest.csv"
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise CohortFolderError(f"{out} is a file; make_brain_cohort writes a folder")
+    if out.exists() and any(e.name != LOCK_NAME for e in out.iterdir()):
+        _check_own_cohort(out)
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite=True to replace the cohort")
-        if not manifest.exists():
-            raise FileExistsError(f"{out} holds something other than a cohort; not replacing it")
-        shutil.rmtree(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
+            raise CohortFolderError(f"{out} is not empty (a cohort make_brain_cohort wrote); pass "
+                                    "overwrite=True to replace the cohort")
+    out.mkdir(parents=True, exist_ok=True)
+    with ArtifactLock(out, "cohort"):
+        if overwrite:
+            _clear_cohort(out)
+        return _write_cohort(out, manifest, n_subjects, seed, voxel_mm, positive_fraction,
+                             lesion_centre_mm, lesion_radius_mm, lesion_contrast, lesion_jitter_mm,
+                             deformation_mm, noise, progress)
+
+
+def _check_own_cohort(out: Path) -> None:
+    """Refuse a folder this function did not write, or one holding files it does not write."""
+    try:
+        info = json.loads((out / "cohort.json").read_text())
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict) or info.get("generator") != GENERATOR:
+        raise CohortFolderError(
+            f"{out} is not empty and is not a cohort make_brain_cohort wrote (no cohort.json with "
+            f"generator {GENERATOR!r}); it is never written over, even with overwrite=True: "
+            "choose an empty or new folder")
+    unknown = []
+    for e in sorted(out.iterdir()):
+        if e.name == LOCK_NAME:
+            continue
+        if e.name not in _OWN or (_OWN[e.name] is None) == e.is_dir():
+            unknown.append(e.name)
+        elif _OWN[e.name] is not None:
+            unknown += [f"{e.name}/{f.name}" for f in sorted(e.iterdir())
+                        if not (f.is_file() and _OWN[e.name].fullmatch(f.name))]
+    if unknown:
+        raise CohortFolderError(
+            f"{out} holds {', '.join(unknown)}, which make_brain_cohort did not write; it deletes "
+            "only its own files, so nothing was deleted: move them out or choose another folder")
+
+
+def _clear_cohort(out: Path) -> None:
+    _check_own_cohort(out)  # again, under the lock
+    for name in ("images", "masks", "manifest.csv", "cohort.json"):  # the marker last
+        e = out / name
+        if e.is_dir():
+            shutil.rmtree(e)
+        elif e.exists():
+            e.unlink()
+
+
+def _write_cohort(out, manifest, n_subjects, seed, voxel_mm, positive_fraction, lesion_centre_mm,
+                  lesion_radius_mm, lesion_contrast, lesion_jitter_mm, deformation_mm, noise,
+                  progress) -> Path:
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
     tpl = load_mni152_template(resolution=2)
     brain = load_mni152_brain_mask(resolution=2)
@@ -88,6 +147,10 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
     affine[:3, 3] = t_aff[:3, 3]
     if not _inside(b_data, t_aff, lesion_centre_mm):
         raise ValueError(f"lesion_centre_mm={tuple(lesion_centre_mm)} is outside the MNI brain mask")
+    # the marker first, so that a run stopped half-way can be replaced (rewritten in full last)
+    (out / "cohort.json").write_text(json.dumps({"generator": GENERATOR, "complete": False}))
+    (out / "images").mkdir(exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
 
     rng = np.random.default_rng([seed, 0])
     n = int(n_subjects)
@@ -125,7 +188,7 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(manifest, index=False)
-    params = {"generator": "bioviz.adapters.volume.make_brain_cohort", "n_subjects": n, "seed": seed,
+    params = {"generator": GENERATOR, "n_subjects": n, "seed": seed,
               "voxel_mm": voxel_mm, "shape": list(shape), "positive_fraction": positive_fraction,
               "lesion_centre_mm": list(lesion_centre_mm), "lesion_radius_mm": lesion_radius_mm,
               "lesion_contrast": lesion_contrast, "lesion_jitter_mm": lesion_jitter_mm,

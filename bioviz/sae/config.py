@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InputError
 from .registry import ARCHITECTURES
 
 #: Version of the on-disk layout (sae.json + sae.safetensors). Bump when it changes.
@@ -221,8 +222,8 @@ class SAEConfig:
 
         Raises
         ------
-        ValueError
-            Listing every invalid parameter, each by name.
+        bioviz.errors.InputError
+            Listing every invalid parameter, each by name (a ValueError).
         """
         errors: list[str] = []
         arch = ARCHITECTURES.get(self.architecture)
@@ -265,13 +266,18 @@ class SAEConfig:
             errors.append(f"normalisation_scale={self.normalisation_scale!r} must be finite and > 0")
         if self.b_dec_init not in B_DEC_INIT_METHODS:
             errors.append(f"b_dec_init={self.b_dec_init!r} must be one of {B_DEC_INIT_METHODS}")
+        if self.seed is not None and not _is_int(self.seed):
+            errors.append(f"seed={self.seed!r} must be an integer (or None)")
+        for name in ("normalise_inputs", "tied_init", "sparse_path"):
+            if not isinstance(getattr(self, name), bool):
+                errors.append(f"{name}={getattr(self, name)!r} must be true or false")
         for name in ("provenance", "training"):
             try:
                 json.dumps(getattr(self, name), allow_nan=False)
             except (TypeError, ValueError) as err:
                 errors.append(f"{name} must be JSON-serialisable: {err}")
         if errors:
-            raise ValueError("invalid SAEConfig:\n  - " + "\n  - ".join(errors))
+            raise InputError("invalid SAEConfig:\n  - " + "\n  - ".join(errors))
         return self
 
     # -- (de)serialisation ---------------------------------------------------------------
@@ -331,7 +337,8 @@ class OptimConfig:
         return _coerce(cls, value, what)
 
     def validate(self) -> OptimConfig:
-        """Raise ``ValueError`` listing every invalid setting; return self when valid."""
+        """Raise :class:`~bioviz.errors.InputError` (a ValueError) listing every invalid
+        setting; return self when valid."""
         errors = []
         if self.lr is not None and (not _is_number(self.lr) or not self.lr > 0):
             errors.append(f"lr={self.lr!r} must be > 0 (or None for the default)")
@@ -348,7 +355,7 @@ class OptimConfig:
         ):
             errors.append(f"dead_window_rows={self.dead_window_rows!r} must be an integer >= 1 (or None)")
         if errors:
-            raise ValueError("invalid OptimConfig:\n  - " + "\n  - ".join(errors))
+            raise InputError("invalid OptimConfig:\n  - " + "\n  - ".join(errors))
         return self
 
 
@@ -365,7 +372,7 @@ def _coerce(cls, value, what: str):
         others = {c.__name__: c for c in (SAEConfig, OptimConfig) if c is not cls}
         hints = [f"{key!r} is an {name} field" for key in unknown for name, other in others.items()
                  if key in {f.name for f in dataclasses.fields(other)}]
-        raise ValueError(
+        raise InputError(
             f"{what}: unknown key(s) {', '.join(map(repr, unknown))}; {cls.__name__} fields: "
             f"{', '.join(names)}" + (f" ({'; '.join(hints)})" if hints else "")
         )

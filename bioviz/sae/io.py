@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..errors import InputError
+from ..lock import ArtifactLock
 from .config import FORMAT_VERSION, SAEConfig
 from .registry import ARCHITECTURES
 
@@ -61,7 +63,8 @@ def save_sae(sae: SparseAutoencoder, path_dir) -> Path:
     """Write the checkpoint: ``sae.safetensors`` and ``sae.json`` in ``path_dir``.
 
     Each file is written to a temporary name and renamed, the JSON last, so a reader never
-    sees a half-written checkpoint.
+    sees a half-written checkpoint; the folder's writer lock (:mod:`bioviz.lock`) is held
+    meanwhile, so two writers never mix their files.
 
     Parameters
     ----------
@@ -96,11 +99,12 @@ def save_sae(sae: SparseAutoencoder, path_dir) -> Path:
         },
     }
     weights, config = path / WEIGHTS_FILE, path / CONFIG_FILE
-    save_file(state, str(weights) + ".tmp", metadata=header)
-    os.replace(str(weights) + ".tmp", weights)
-    tmp = config.with_name(CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, config)
+    with ArtifactLock(path, "SAE checkpoint"):
+        save_file(state, str(weights) + ".tmp", metadata=header)
+        os.replace(str(weights) + ".tmp", weights)
+        tmp = config.with_name(CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, config)
     return path
 
 
@@ -131,8 +135,9 @@ def load_sae(
 
     Raises
     ------
-    ValueError
-        Any disagreement, naming the file and what differs: JSON vs safetensors header
+    bioviz.errors.InputError
+        A damaged file (truncated safetensors, invalid JSON), or any disagreement, naming
+        the file and what differs (a ValueError): JSON vs safetensors header
         (architecture, sizes), tensor names and shapes vs what ``d_in``/``d_sae`` imply,
         ``expect_architecture``, ``expect_d_in``.
     FileNotFoundError
@@ -148,33 +153,37 @@ def load_sae(
             )
     cfg = _read_config(config_path)
     if expect_architecture is not None and cfg.architecture != expect_architecture:
-        raise ValueError(
+        raise InputError(
             f"{config_path}: expected a {expect_architecture!r} SAE but the checkpoint is "
             f"architecture={cfg.architecture!r}"
         )
     if expect_d_in is not None and int(expect_d_in) != cfg.d_in:
-        raise ValueError(
+        raise InputError(
             f"{config_path}: store has d={int(expect_d_in)} but the SAE was trained on "
             f"d_in={cfg.d_in}"
         )
 
     sae = build_sae(cfg)
     expected = sae.state_dict()
-    with safe_open(str(weights_path), framework="pt", device="cpu") as f:
-        header = f.metadata() or {}
-        _check_header(header, cfg, weights_path, config_path)
-        names = set(f.keys())
-        missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
-        if missing or extra:
-            raise ValueError(
-                f"{weights_path}: tensors do not match a {cfg.architecture!r} SAE "
-                f"(per {config_path.name}): missing {missing}, unexpected {extra}"
-            )
-        state = {name: f.get_tensor(name) for name in names}
+    try:
+        with safe_open(str(weights_path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            _check_header(header, cfg, weights_path, config_path)
+            names = set(f.keys())
+            missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+            if missing or extra:
+                raise InputError(
+                    f"{weights_path}: tensors do not match a {cfg.architecture!r} SAE "
+                    f"(per {config_path.name}): missing {missing}, unexpected {extra}"
+                )
+            state = {name: f.get_tensor(name) for name in names}
+    except (SafetensorError, OSError) as err:  # truncated, damaged or not safetensors at all
+        raise InputError(f"{weights_path}: not a readable safetensors file ({err}); the "
+                         "checkpoint is damaged or incomplete, save or copy it again") from None
     for name, tensor in state.items():
         want = tuple(expected[name].shape)
         if tuple(tensor.shape) != want:
-            raise ValueError(
+            raise InputError(
                 f"{weights_path}: tensor {name!r} has shape {tuple(tensor.shape)} but "
                 f"{config_path.name} (d_in={cfg.d_in}, d_sae={cfg.d_sae}) implies {want}"
             )
@@ -183,7 +192,7 @@ def load_sae(
     if cfg.normalisation_scale is not None and not math.isclose(
         float(sae.norm_scale), cfg.normalisation_scale, rel_tol=1e-6
     ):
-        raise ValueError(
+        raise InputError(
             f"{weights_path}: norm_scale={float(sae.norm_scale)} disagrees with "
             f"normalisation_scale={cfg.normalisation_scale} in {config_path.name}"
         )
@@ -193,29 +202,29 @@ def load_sae(
 def _read_config(config_path: Path) -> SAEConfig:
     try:
         doc = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{config_path}: not valid JSON ({err})") from err
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"{config_path}: not a bioviz SAE config (format != {FORMAT!r})")
+        raise InputError(f"{config_path}: not a bioviz SAE config (format != {FORMAT!r})")
     version = doc.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{config_path}: format_version={version!r}; this bioviz reads up to "
             f"{FORMAT_VERSION} (upgrade bioviz)"
         )
     try:
         return SAEConfig.from_dict({k: v for k, v in doc.items() if k not in _DOC_KEYS}).validate()
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{config_path}: {err}") from err
+        raise InputError(f"{config_path}: {err}") from err
 
 
 def _check_header(header: dict, cfg: SAEConfig, weights_path: Path, config_path: Path) -> None:
     if header.get("format") != FORMAT:
-        raise ValueError(f"{weights_path}: not written by bioviz (no {FORMAT!r} header)")
+        raise InputError(f"{weights_path}: not written by bioviz (no {FORMAT!r} header)")
     said = {"architecture": cfg.architecture, "d_in": str(cfg.d_in), "d_sae": str(cfg.d_sae)}
     for key, json_value in said.items():
         if header.get(key) != json_value:
-            raise ValueError(
+            raise InputError(
                 f"{weights_path} holds a {header.get('architecture')!r} SAE with "
                 f"{key}={header.get(key)!r} but {config_path.name} says {key}={json_value!r}"
             )

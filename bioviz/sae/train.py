@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
+from ..errors import InputError
+from ..lock import ArtifactLock
 from ..trainer import quiet_lightning, trainer_defaults
 from .base import SparseAutoencoder
 from .config import OptimConfig, SAEConfig
@@ -28,6 +32,8 @@ __all__ = ["SAEModule", "train"]
 DEFAULT_EXPANSION_FACTOR = 16
 # SAEConfig fields that training fills in; a sweep cannot vary them.
 _FILLED_FIELDS = ("d_in", "provenance", "training")
+#: an SAE's folder name: letters, digits, '.', '_', '-', not starting with a dot
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 def train(store, layer: str | None = None, *, sae: SAEConfig | dict | None = None,
@@ -218,8 +224,16 @@ class SAEModule(L.LightningModule):
             except ValueError as err:
                 if not over:
                     raise
-                raise ValueError(f"sweep[{i}]={over}: {err}") from None
-            name = cfg.architecture + "".join(f"_{k}{v}" for k, v in sorted(over.items())) if over else cfg.architecture
+                raise InputError(f"sweep[{i}]={over}: {err}") from None
+            name = _folder_name(cfg.architecture, over)
+            if not _SAFE_NAME.fullmatch(name):
+                where = f"sweep[{i}]: " if over else ""
+                raise InputError(f"{where}the SAE's folder name {name!r} is not a plain file name "
+                                 "(letters, digits, '.', '_', '-')")
+            same = next((j for j, (other, _) in enumerate(out) if other == name), None)
+            if same is not None:
+                raise InputError(f"sweep[{i}]={over} gives the folder name {name!r}, as sweep[{same}] "
+                                 "does; each SAE of a sweep needs its own settings")
             out.append((name, cfg))
         return out
 
@@ -313,6 +327,10 @@ class SAEModule(L.LightningModule):
 
     # -- the artifact --------------------------------------------------------------------
 
+    def configure_callbacks(self):
+        # one training per output folder: the lock is held from setup to teardown
+        return [_OutputLock(self.output_dir)]
+
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
             self.export(self.output_dir)
@@ -341,8 +359,57 @@ class SAEModule(L.LightningModule):
         paths = []
         for name, sae in zip(self.names, self.saes):
             sae.cfg.training = training
-            paths.append(save_sae(sae, Path(output_dir) / name))
+            paths.append(save_sae(sae, _inside(output_dir, name)))
         return paths
+
+
+def _folder_name(architecture: str, over: dict[str, Any]) -> str:
+    """An SAE's folder: the architecture, then each swept field and its value, every value
+    written with letters, digits, '.', '_' and '-' only (a list joins its items with '-';
+    any other character becomes '-')."""
+    def word(value) -> str:
+        if isinstance(value, (list, tuple)):
+            return "-".join(word(v) for v in value)
+        return re.sub(r"[^A-Za-z0-9._-]", "-", str(value))
+
+    return architecture + "".join(f"_{k}{word(v)}" for k, v in sorted(over.items()))
+
+
+def _inside(output_dir, name: str) -> Path:
+    """``output_dir / name``, refused unless it is a folder directly inside ``output_dir``."""
+    root = Path(output_dir)
+    path = root / name
+    # lexically (a folder the user links elsewhere stays theirs to link)
+    if not _SAFE_NAME.fullmatch(name) or Path(os.path.normpath(path.absolute())).parent != Path(
+            os.path.normpath(root.absolute())):
+        raise InputError(f"SAE folder {name!r} would be written outside {root}; a folder name is "
+                         "letters, digits, '.', '_' and '-'")
+    return path
+
+
+class _OutputLock(L.Callback):
+    """The output folder's writer lock (:mod:`bioviz.lock`), held by the global-zero rank
+    while it trains and exports: a second training into the same folder is refused."""
+
+    def __init__(self, output_dir):
+        self.output_dir = Path(output_dir)
+        self.lock: ArtifactLock | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero and self.lock is None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = ArtifactLock(self.output_dir, "SAE output folder").acquire()
+
+    def _release(self) -> None:
+        lock, self.lock = self.lock, None
+        if lock is not None:
+            lock.release()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._release()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._release()
 
 
 def _check_sweep(sweep) -> list[dict[str, Any]] | None:
@@ -358,11 +425,11 @@ def _check_sweep(sweep) -> list[dict[str, Any]] | None:
             raise TypeError(f"sweep[{i}]: expected a dict of SAEConfig fields, got {over!r}")
         unknown = [key for key in over if key not in fields]
         if unknown:
-            raise ValueError(f"sweep[{i}]: unknown key(s) {', '.join(map(repr, unknown))}; "
+            raise InputError(f"sweep[{i}]: unknown key(s) {', '.join(map(repr, unknown))}; "
                              f"SAEConfig fields: {', '.join(fields)}")
         filled = [key for key in over if key in _FILLED_FIELDS]
         if filled:
-            raise ValueError(f"sweep[{i}]: {', '.join(map(repr, filled))} cannot be swept "
+            raise InputError(f"sweep[{i}]: {', '.join(map(repr, filled))} cannot be swept "
                              "(training fills it in)")
         out.append(dict(over))
     return out

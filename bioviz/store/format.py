@@ -58,11 +58,19 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; a file that is not one (invalid JSON, not UTF-8, a list,
+    unreadable) is a :class:`StoreError` naming it."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{path} is not valid JSON ({e}); the store is damaged") from None
+    except IsADirectoryError:
+        raise StoreError(f"{path} is a directory, not a JSON file; the store is damaged") from None
+    if not isinstance(doc, dict):
+        raise StoreError(f"{path} holds a JSON {type(doc).__name__}, expected a JSON object of "
+                         "settings; the store is damaged") from None
+    return doc
 
 
 def rows_checksum(rows: np.ndarray) -> str:

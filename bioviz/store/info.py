@@ -11,9 +11,11 @@ SHOW_SKIPPED = 10  # skipped items listed by ``describe`` (all are in the manife
 
 def skipped_text(item: dict) -> str:
     """One skipped item for people: ``row 3, sample BROKEN, file x.nii.gz: reason``."""
+    reason = str(item.get("reason", "no reason recorded"))
     named = (("row", "row"), ("sample_id", "sample"), ("cell_id", "cell"), ("file", "file"))
-    where = ", ".join(f"{label} {item[k]}" for k, label in named if item.get(k) is not None)
-    return f"{where}: {item.get('reason', 'no reason recorded')}"
+    where = ", ".join(f"{label} {item[k]}" for k, label in named
+                      if item.get(k) is not None and not (k == "file" and str(item[k]) in reason))
+    return f"{where}: {reason}"
 
 
 def describe(store: str | os.PathLike, verify: bool = False) -> str:

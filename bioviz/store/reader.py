@@ -18,11 +18,41 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
 from . import format as fmt
 from .format import StoreError
+
+
+def _check_manifest(m: dict, where) -> None:
+    """The manifest's keys the reader relies on, each of the type it expects; a missing or
+    malformed one is a StoreError naming the file and the key."""
+    def bad(key, value, expected):
+        got = "missing" if value is _MISSING else f"{value!r}"
+        return StoreError(f"{where}: {key} is {got}, expected {expected}; the store is damaged or "
+                          "was edited")
+
+    for key, expected, ok in (("n_rows", "an integer >= 0", lambda v: _is_int(v) and v >= 0),
+                              ("chunk_rows", "an integer >= 1", lambda v: _is_int(v) and v >= 1),
+                              ("dtype", f"one of {', '.join(fmt.DTYPES)}", lambda v: v in fmt.DTYPES),
+                              ("layers", "a mapping of layer names to {'d': width}",
+                               lambda v: isinstance(v, dict) and len(v) > 0)):
+        value = m.get(key, _MISSING)
+        if value is _MISSING or not ok(value):
+            raise bad(key, value, expected)
+    for name, info in m["layers"].items():
+        d = info.get("d", _MISSING) if isinstance(info, dict) else _MISSING
+        if not (_is_int(d) and d >= 1):
+            raise bad(f"layers[{name!r}]['d']", d, "a positive integer (the layer's width)")
+
+
+_MISSING = object()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class ActivationStore:
@@ -52,6 +82,7 @@ class ActivationStore:
                 f"{where}: schema_version {m.get('schema_version')} is not supported by this bioviz "
                 f"(reads {fmt.SCHEMA_VERSION})"
             )
+        _check_manifest(m, where)
         n = m["n_rows"]
         try:
             group = zarr.open_group(self.path / fmt.ARRAYS, mode="r")
@@ -74,7 +105,10 @@ class ActivationStore:
         obs = self.path / fmt.OBS
         if not obs.exists():
             raise StoreError(f"{obs} not found; the store is damaged")
-        n_obs = pq.ParquetFile(obs).metadata.num_rows
+        try:
+            n_obs = pq.ParquetFile(obs).metadata.num_rows
+        except (pa.ArrowException, OSError) as e:  # truncated, damaged, or not parquet
+            raise StoreError(f"{obs} is not a readable parquet file ({e}); the store is damaged") from None
         if n_obs != n:
             raise StoreError(f"{obs} has {n_obs} rows but the manifest says {n}; the store is damaged")
 
