@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 JOB = Path(__file__).with_name("foundation_job.py")
+# the figures this group must report (benchmarks/run.py checks)
+KEYS = ("extract_overhead", "extract_peak_rss_ratio_8x", "kill_resume_identical", "kill_resume_sigkills",
+        "kill_resume_missed_kills", "kill_resume_rewritten_files")
 
 
 def _bare_and_extract(tmp: Path) -> tuple[float, float]:

@@ -9,6 +9,14 @@ Figures:
   * ``volume_extract_overhead``: that time ÷ bare MONAI inference on the same scans (LoadImage,
     the same preprocessing, ``monai.inferers.sliding_window_inference``), best of rounds run
     alternately; ``volume_bare_scans_per_s`` is the bare figure;
+  * ``volume_extract_vs_monai_pipeline``: that time ÷ the same work written with MONAI alone,
+    no bioviz code: ``LoadImaged`` + ``EnsureChannelFirstd`` + the preset's transforms
+    (``Orientationd`` RAS, ``Spacingd``, ``NormalizeIntensityd`` over non-zero voxels) through a
+    ``monai.data.Dataset``/``DataLoader``, then ``sliding_window_inference`` of a predictor that
+    returns the hooked layer (a forward hook), which MONAI stitches at the layer's scale, and
+    the rows (one per layer voxel) as a numpy array. Unlike the "bare" figure, whose loading
+    and preprocessing are bioviz's own, this one can show slow loading or preprocessing;
+    ``volume_monai_scans_per_s`` / ``volume_monai_peak_rss_gb`` are its own figures;
   * ``volume_peak_rss_gb`` / ``volume_bare_peak_rss_gb``: peak RSS of a fresh process doing
     each (imports included);
   * ``volume_roundtrip_corr_las`` / ``volume_roundtrip_corr_oblique``: correlation, on
@@ -37,6 +45,10 @@ NETWORK = {"class_path": "monai.networks.nets.SegResNet",  # the BraTS bundle's 
            "init_args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_filters": 16,
                          "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1]}}
 PREPROCESS = {"preset": "mri", "pixdim": [1.5, 1.5, 1.5]}
+MODES = ("bare", "monai", "extract")
+# the figures this group must report (benchmarks/run.py checks)
+KEYS = ("volume_scans_per_s", "volume_extract_overhead", "volume_peak_rss_gb", "volume_extract_vs_monai_pipeline",
+        "volume_roundtrip_corr_las", "volume_roundtrip_corr_oblique")
 
 
 def _log(msg: str) -> None:
@@ -67,6 +79,48 @@ def make_scans(folder: Path) -> Path:
     return folder / "manifest.csv"
 
 
+def _monai_pipeline(manifest: Path) -> tuple[int, float]:
+    """The layer's activations over every scan with MONAI alone (see the module docstring):
+    (rows, seconds). Its network is built and warmed up as in the other modes, untimed."""
+    import pandas as pd
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import SegResNet
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        Spacingd,
+    )
+
+    torch.manual_seed(0)
+    net = SegResNet(**NETWORK["init_args"]).eval()
+    with torch.inference_mode():  # warm-up: one window, as the other modes
+        net(torch.zeros(1, 1, ROI, ROI, ROI))
+    t = time.perf_counter()
+    files = [{"image": str(manifest.parent / f)} for f in pd.read_csv(manifest)["image"]]
+    transforms = Compose([
+        LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
+        Orientationd("image", axcodes="RAS"), Spacingd("image", pixdim=PREPROCESS["pixdim"], mode="bilinear"),
+        NormalizeIntensityd("image", nonzero=True, channel_wise=True)])
+    captured = {}
+    net.get_submodule(LAYER).register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
+
+    def layer_of(x):
+        net(x)
+        return captured["out"]
+
+    rows = 0
+    for item in DataLoader(Dataset(files, transforms), batch_size=1, num_workers=0):
+        with torch.inference_mode():
+            act = sliding_window_inference(item["image"], (ROI,) * 3, 1, layer_of, overlap=0.25, mode="constant")
+        rows += len(act[0].flatten(1).T.contiguous().numpy())
+    return rows, time.perf_counter() - t
+
+
 def _child(mode: str, folder: str) -> None:
     """One timed run in this (fresh) process; prints a JSON line."""
     import torch
@@ -74,11 +128,17 @@ def _child(mode: str, folder: str) -> None:
     import bioviz as bv
     from bioviz.adapters.volume import VolumeAdapter
 
+    manifest = Path(folder) / "manifest.csv"
+    if mode == "monai":
+        rows, seconds = _monai_pipeline(manifest)
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+        print(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_gb": peak_gb, "rows": rows}))
+        return
     torch.manual_seed(0)
     ad = VolumeAdapter(NETWORK, preprocess=PREPROCESS, roi_size=ROI, overlap=0.25, blend="constant")
     with torch.inference_mode():  # warm-up: one window, so one-time setup is not timed
         ad.model(torch.zeros(1, 1, ROI, ROI, ROI))
-    manifest = Path(folder) / "manifest.csv"
+    rows = None
     t = time.perf_counter()
     if mode == "bare":
         from monai.inferers import sliding_window_inference
@@ -90,10 +150,10 @@ def _child(mode: str, folder: str) -> None:
                 sliding_window_inference(x, (ROI,) * 3, 1, ad.model, overlap=0.25, mode="constant")
     else:
         store = Path(folder) / f"store_{time.time_ns()}"
-        bv.extract(ad, manifest, LAYER, store, batch_size=1, progress=False)
+        rows = bv.extract(ad, manifest, LAYER, store, batch_size=1, progress=False).n_rows
     seconds = time.perf_counter() - t
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    print(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_gb": peak_gb}))
+    print(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_gb": peak_gb, "rows": rows}))
 
 
 def _timed(mode: str, folder: Path) -> dict:
@@ -161,7 +221,7 @@ def run() -> dict:
         make_scans(folder)
         best: dict[str, dict] = {}
         for r in range(ROUNDS):
-            for mode in ("bare", "extract"):
+            for mode in MODES:
                 _log(f"round {r + 1}/{ROUNDS}: {mode} ({N_SCANS} scans of {SIDE}³, {ROI}³ windows)")
                 res = _timed(mode, folder)
                 if mode not in best or res["seconds"] < best[mode]["seconds"]:
@@ -173,6 +233,11 @@ def run() -> dict:
             "volume_peak_rss_gb": best["extract"]["peak_rss_gb"],
             "volume_bare_scans_per_s": N_SCANS / best["bare"]["seconds"],
             "volume_bare_peak_rss_gb": best["bare"]["peak_rss_gb"],
+            "volume_extract_vs_monai_pipeline": best["extract"]["seconds"] / best["monai"]["seconds"],
+            "volume_monai_scans_per_s": N_SCANS / best["monai"]["seconds"],
+            "volume_monai_peak_rss_gb": best["monai"]["peak_rss_gb"],
+            # both did the same work: one row per voxel of the layer's grid on every scan
+            "volume_extract_rows_equal_monai": int(best["extract"]["rows"] == best["monai"]["rows"]),
         }
         figures.update(round_trip(folder))
     return figures

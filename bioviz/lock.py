@@ -131,8 +131,10 @@ class ArtifactLock:
                 if current:
                     previous = _read(fd)
                     if previous:
-                        log.warning("%s: taking over the lock left by %s, which is no longer running",
-                                    self.artifact, _describe(previous))
+                        ours = previous.get("pid") == os.getpid() and previous.get("host") == socket.gethostname()
+                        log.warning("%s: taking over the lock left by %s", self.artifact,
+                                    "an earlier writer in this process that did not release it" if ours
+                                    else f"{_describe(previous)}, which is no longer running")
                     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                             "command": " ".join(sys.argv)[:500], "what": self.what}
                     os.ftruncate(fd, 0)

@@ -36,7 +36,7 @@ def test_rows_match_the_model_token_by_token(tmp_path):
     st = _extract(tmp_path / "s", model, data)
     obs = st.obs
     assert len(obs) == sum(int(data[i]["attention_mask"].sum()) for i in range(12))  # padding dropped
-    assert list(obs.columns[:3]) == ["age", "subject_id", "sample_id"] or {"subject_id", "sample_id", "token_index"} <= set(obs)
+    assert list(obs.columns) == ["subject_id", "sample_id", "age", "token_index"]  # case 17: was `A or B`
     rows = st.array("encoder.layer.1")[:]
     item = data[5]
     with torch.no_grad():
@@ -45,6 +45,7 @@ def test_rows_match_the_model_token_by_token(tmp_path):
     sel = (obs["sample_id"] == "X0005").to_numpy()
     np.testing.assert_allclose(rows[sel], ref[: sel.sum()].numpy(), atol=1e-5)
     assert obs.loc[sel, "token_index"].tolist() == list(range(sel.sum()))
+    assert set(obs.loc[sel, "subject_id"]) == {item["subject_id"]} and set(obs.loc[sel, "age"]) == {item["age"]}
     assert st.manifest["model"]["weights_blake2b"] and st.manifest["n_items"] == 12
 
 

@@ -60,13 +60,33 @@ def test_fidelity_of_a_trained_sae(mlm, tmp_path):
                     sae={"k": 8, "expansion_factor": 4}, optim={"lr": 3e-3}, trainer={"enable_progress_bar": False})
     res = fidelity(adapter, MaskedTokens(), sae, layer, batch_size=8, with_error=True, progress=False)
     assert res["kl_sae_plus_error"] < 1e-6 and res["top1_agreement_sae_plus_error"] == 1.0  # splice is exact
-    assert 0 < res["kl_sae"] < res["kl_ablated"] and 0 < res["kl_recovered"] <= 1
-    assert "loss_recovered" in res and res["task_loss_clean"] > 0  # MLM loss from the labels
+    # case 17: ranges a broken SAE or splice would leave (values seen: 0.90; 0.74 vs 0.35)
+    assert res["kl_sae"] > 0 and res["kl_recovered"] == pytest.approx(1 - res["kl_sae"] / res["kl_ablated"])
+    assert res["kl_recovered"] > 0.8  # with the encoder frozen by a bug: 0.74
+    assert res["top1_agreement_sae"] > res["top1_agreement_ablated"] + 0.2
+    # the MLM loss from the labels, against cross-entropy computed here batch by batch
+    assert res["task_loss_clean"] == pytest.approx(np.mean([_mlm_loss(mlm, range(b, b + 8)) for b in (0, 8, 16)]),
+                                                   rel=1e-5)
+    gap = res["task_loss_ablated"] - res["task_loss_clean"]  # <= 0 (nothing to recover): NaN
+    want = (res["task_loss_ablated"] - res["task_loss_sae"]) / gap if gap > 0 else float("nan")
+    assert res["loss_recovered"] == pytest.approx(want, nan_ok=True)
     assert res["positions"] == 24 * 12
     untrained = build_sae(SAEConfig(architecture="topk", d_in=32, d_sae=128, k=8, seed=3))
     untrained.fit_normalisation(torch.from_numpy(store.array()[:]))
     worse = fidelity(adapter, MaskedTokens(), untrained, layer, batch_size=8, progress=False)
     assert worse["kl_recovered"] < res["kl_recovered"]
+
+
+def _mlm_loss(mlm, items) -> float:
+    """Mean cross-entropy over the labelled positions of ``items``, by scipy's log-softmax."""
+    batch = [MaskedTokens()[i] for i in items]
+    ids = torch.stack([b["input_ids"] for b in batch])
+    labels = torch.stack([b["labels"] for b in batch]).numpy()
+    with torch.no_grad():
+        logits = mlm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.double().numpy()
+    logp = scipy.special.log_softmax(logits, axis=-1)
+    at = labels != -100
+    return float(-np.take_along_axis(logp[at], labels[at][:, None], axis=1).mean())
 
 
 def test_stability_matches_features_one_to_one():

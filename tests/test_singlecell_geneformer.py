@@ -67,9 +67,11 @@ def test_rank_value_encoding_hand_worked():
     assert finish_sequence(ranked, "V1", 2).tolist() == [6, 4]
 
 
-def reference_geneformer_v2(counts: sp.csr_matrix, n_counts, var_ids, token_dict, median_dict, context):
+def reference_geneformer_v2(counts: sp.csr_matrix, n_counts, var_ids, token_dict, median_dict, context,
+                            special_token=True):
     """Independent re-implementation of Geneformer's TranscriptomeTokenizer.tokenize_anndata +
-    create_dataset (V2, special_token=True), written from its published code."""
+    create_dataset (V2, special_token=True; V1: special_token=False, the top ``context``
+    genes), written from its published code."""
     coding_loc = np.where([g in token_dict and g not in SPECIAL for g in var_ids])[0]
     norm_factor_vector = np.array([median_dict[var_ids[i]] for i in coding_loc])
     coding_tokens = np.array([token_dict[var_ids[i]] for i in coding_loc])
@@ -79,6 +81,9 @@ def reference_geneformer_v2(counts: sp.csr_matrix, n_counts, var_ids, token_dict
     for i in range(x_norm.shape[0]):
         row = x_norm[i]
         ranked = coding_tokens[row.indices][np.argsort(-row.data)]
+        if not special_token:
+            out.append(ranked[:context].tolist())
+            continue
         ranked = ranked[: context - 2]
         out.append([token_dict["<cls>"], *ranked.tolist(), token_dict["<eos>"]])
     return out
@@ -105,7 +110,7 @@ def test_matches_independent_reimplementation_on_pbmc68k(gf_dir, pbmc):
     assert [token_dict[k] for k in genes] == ours[0][1:-1]
 
 
-def test_v1_dictionary_means_no_specials_and_mean_pooling(tmp_path, pbmc):
+def test_case17_v1_dictionary_gives_the_top_genes_without_specials_and_mean_pooling(tmp_path, pbmc):
     genes = list(pbmc.var_names)[:400]
     tokens = {"<pad>": 0, "<mask>": 1, **{g: i + 2 for i, g in enumerate(genes)}}
     (tmp_path / "token_dictionary.json").write_text(json.dumps(tokens))
@@ -113,10 +118,18 @@ def test_v1_dictionary_means_no_specials_and_mean_pooling(tmp_path, pbmc):
     make_model(tmp_path, len(tokens), context=64)
     ada = GeneformerAdapter(tmp_path, min_mapped_fraction=0.5, subject_key="donor")
     assert ada.version == "V1" and ada.pooling == "mean" and ada.context == 64
-    cells = ada.dataset(pbmc[:20])
+    sub = pbmc[:20]
+    cells = ada.dataset(sub)
     batch = ada.collate([cells[i] for i in range(len(cells))])
-    assert not torch.isin(batch.inputs["input_ids"], torch.tensor([2, 3])).any() or ada.version == "V1"
-    assert int(batch.inputs["attention_mask"].sum(1).max()) <= 64
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    ours = [ids[i, : int(mask[i].sum())].tolist() for i in range(len(ids))]
+    # case 17: V1 sequences are the top 64 genes by rank value, no <cls>/<eos> (the old check
+    # here was `... or version == "V1"`, true whatever the tokens)
+    ref = reference_geneformer_v2(sub.X.astype(np.float64), sub.obs["n_counts"].to_numpy(np.float64),
+                                  list(sub.var_names), tokens, {g: 1.0 for g in genes}, context=64,
+                                  special_token=False)
+    assert ours == ref
+    assert max(len(r) for r in ref) == 64  # cells longer than the context are cut to it
     assert (batch.extra["gene"][batch.inputs["attention_mask"].bool()] >= 0).all()  # every real token is a gene
     with pytest.raises(ValueError, match="no <cls> token"):
         GeneformerAdapter(tmp_path, pooling="cls")

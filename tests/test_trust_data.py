@@ -304,6 +304,21 @@ def test_case7_two_store_writers_in_one_process(tmp_path):
     b.close()
 
 
+def test_case7_without_flock_the_holder_record_decides(tmp_path, monkeypatch):
+    import bioviz.lock as lk
+
+    monkeypatch.setattr(lk, "fcntl", None)  # a file system without flock
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    lk.lock_path(tmp_path).write_text(json.dumps({"pid": int(dead.stdout), "host": lk.socket.gethostname(),
+                                                  "started": 0}))
+    with lk.ArtifactLock(tmp_path) as held:  # its holder is gone: taken over
+        assert held.holder()["pid"] == os.getpid()
+        with pytest.raises(lk.LockedError, match=f"pid {os.getpid()}"):
+            lk.ArtifactLock(tmp_path).acquire()
+    assert not lk.lock_path(tmp_path).exists()
+
+
 @pytest.fixture(scope="module")
 def sae_dir(clean, tmp_path_factory):
     out = tmp_path_factory.mktemp("sae")

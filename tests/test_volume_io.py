@@ -56,7 +56,7 @@ def test_case17_dicom_slices_are_stacked_by_position_along_the_slice_normal(tmp_
     uid, folder = generate_uid(), tmp_path / "series"
     folder.mkdir()
     names = ["e", "a", "d", "b", "c"]  # file k (k-th position along the normal) is names[k]
-    instance = [1, 2, 3, 4, 5]
+    instance = [3, 1, 5, 2, 4]
     for k in range(5):
         ds = copy.deepcopy(src)
         ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.InstanceNumber = uid, generate_uid(), instance[k]

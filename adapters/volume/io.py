@@ -28,13 +28,46 @@ class ScanError(InputError):
 _LOADERS: dict = {}
 
 
+def _slice_order_by_position(slices) -> list[int] | None:
+    """Indices of ``slices`` (pydicom datasets of one series) in order of position along the
+    slice normal (ImagePositionPatient · (row × column direction)); None when a slice lacks
+    the tags."""
+    try:
+        keys = []
+        for ds in slices:
+            iop = [float(v) for v in ds.ImageOrientationPatient]
+            keys.append(float(np.dot(np.cross(iop[:3], iop[3:]), [float(v) for v in ds.ImagePositionPatient])))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+def _position_sorted_pydicom_reader():
+    from monai.data import PydicomReader
+
+    class PositionSortedPydicomReader(PydicomReader):
+        """MONAI's PydicomReader stacks a series in InstanceNumber order, which scanners give
+        in acquisition order (interleaved, or descending) rather than in space; stack the
+        slices by position along the slice normal instead, as dcm2niix and ITK do."""
+
+        def _combine_dicom_series(self, data, filenames):
+            data = list(data)
+            order = _slice_order_by_position(data)
+            if order is not None:
+                for rank, i in enumerate(order):
+                    data[i].InstanceNumber = rank + 1  # the key MONAI stacks by
+            return super()._combine_dicom_series(data, filenames)
+
+    return PositionSortedPydicomReader()
+
+
 def _loader(kind: str):
     # one LoadImage per reader kind: building one registers (and probes) every MONAI reader
     if kind not in _LOADERS:
-        from monai.data import NibabelReader, PydicomReader
+        from monai.data import NibabelReader
         from monai.transforms import LoadImage
 
-        reader = PydicomReader() if kind == "dicom" else NibabelReader()
+        reader = _position_sorted_pydicom_reader() if kind == "dicom" else NibabelReader()
         _LOADERS[kind] = LoadImage(reader=reader, image_only=True, dtype=np.float32)
     return _LOADERS[kind]
 
