@@ -46,4 +46,7 @@ bench: $(VENV)/.installed $(VENV)/.enformer
 	$(PIP) install -q -e ".[dev,bench]"
 	# dictionary-learning's own pins would replace torch with a CUDA build: no deps
 	$(PIP) install -q --no-deps dictionary-learning==0.1.0
+	# scGPT's own tokeniser code is the single-cell peer; its pins (torchtext, an old torch)
+	# cannot install here and tokenising needs none of them: no deps
+	$(PIP) install -q --no-deps scgpt==0.2.4
 	$(VENV)/bin/python benchmarks/run.py

@@ -29,6 +29,9 @@ def test_demo_runs_end_to_end_on_embedded_data(tmp_path, capfd):
     assert summary["k"] == 8 and summary["features"] == 4 * summary["d_in"]
     assert summary["fvu"] == pytest.approx(_fvu(out), rel=1e-4)
     assert summary["fvu"] < 0.8  # 40 steps explain a good part of the variance (0.63 seen)
+    fid = _fidelity(out, 96)
+    assert summary["kl_recovered"] == pytest.approx(fid["kl_recovered"], rel=1e-4)
+    assert summary["top1_agreement"] == pytest.approx(fid["top1_agreement_sae"], rel=1e-4)
     assert 0.25 < summary["kl_recovered"] <= 1  # well above mean ablation (0.53 seen)
     ft = ad.read_h5ad(out / "features.h5ad")
     assert ft.n_obs == summary["rows"] and ft.n_vars == summary["features"]
@@ -73,3 +76,11 @@ def _fvu(out) -> float:
     w, b = sae.W_dec.detach().double().numpy(), sae.b_dec.detach().double().numpy()
     x_hat = (codes @ w + b) / float(sae.norm_scale)
     return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+def _fidelity(out, cells: int):
+    """The saved SAE spliced into the demo model again, on the cells the demo scores."""
+    from bioviz.adapters.singlecell import demo_adapter, pbmc68k_counts
+
+    sae = bv.load_sae(out / "sae" / "topk")
+    return bv.fidelity(demo_adapter(rows="gene"), pbmc68k_counts()[:cells], sae, batch_size=32, progress=False)

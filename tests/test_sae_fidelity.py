@@ -170,7 +170,7 @@ def test_case14_fidelity_kl_direction_matches_a_hand_computed_kl(mlm):
             recon = sae(h.reshape(-1, 32)).x_hat.reshape(h.shape)
         keep = inputs["attention_mask"].bool().numpy()
         p = scipy.special.softmax(clean.double().numpy(), axis=-1)
-        for name, repl in (("sae", lambda _h: recon), ("ablated", lambda _h: mean.expand_as(_h))):
+        for name, repl in (("sae", lambda _h, r=recon: r), ("ablated", lambda _h, m=mean: m.expand_as(_h))):
             patched, _ = _run_replacing(mlm, layer, inputs, repl)
             q = scipy.special.softmax(patched.double().numpy(), axis=-1)
             kls[name].append(scipy.stats.entropy(p, q, axis=-1)[keep])  # entropy(p, q) = KL(p ‖ q)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+import types
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +119,72 @@ def test_released_checkpoint_layout_loads_and_rows_match(tmp_path, pbmc):
     gene_obs = obs[(obs.cell_id == cell) & (obs.row_type == "gene")]
     np.testing.assert_allclose(rows[gene_obs.index], h[0, gene_obs.token_index.to_numpy()].numpy(), atol=1e-5)
     assert gene_obs["value"].between(1, 50).all()
+
+
+def _scgpt_model_module():
+    """scGPT's own ``scgpt/model/model.py`` (with the two sibling files it imports), loaded
+    from the installed ``scgpt`` package without running the package's ``__init__``, which
+    imports scGPT's heavy dependencies; ``make test`` installs it with ``--no-deps``."""
+    spec = importlib.util.find_spec("scgpt")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scGPT's source is not installed (pip install --no-deps scgpt==0.2.4)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "model"
+    name = "_scgpt_reference_model"
+    if f"{name}.model" not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(root)]
+        sys.modules[name] = pkg
+        for part in ("dsbn", "grad_reverse", "model"):
+            spec = importlib.util.spec_from_file_location(f"{name}.{part}", root / f"{part}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "flash_attn is not installed"
+                spec.loader.exec_module(module)
+    return sys.modules[f"{name}.model"]
+
+
+def test_case17_rows_match_scgpt_own_transformer_model(tmp_path, pbmc):
+    """The reference is scGPT's TransformerModel (its source, not bioviz's modules): a
+    checkpoint saved from it (flash-attention names, decoders and all) loads into bioviz, and
+    every cell's rows at both layers equal scGPT's ``_encode`` path on the same tokens."""
+    scgpt = _scgpt_model_module()
+    genes = list(pbmc.var_names)
+    vocab = {g: i for i, g in enumerate(genes)}
+    vocab["<pad>"], vocab["<cls>"], vocab["<eoc>"] = len(genes), len(genes) + 1, len(genes) + 2
+    torch.manual_seed(0)
+    ref = scgpt.TransformerModel(len(vocab), 32, 2, 64, 2, vocab=vocab, dropout=0.2, pad_token="<pad>",
+                                 pad_value=-2, do_mvc=True, input_emb_style="continuous", n_input_bins=51,
+                                 cell_emb_style="cls", use_fast_transformer=False).eval()
+    state = {k.replace("self_attn.in_proj_", "self_attn.Wqkv."): v for k, v in ref.state_dict().items()}
+    assert any(k.startswith("mvc_decoder.") for k in state) and any(k.startswith("cls_decoder.") for k in state)
+    torch.save(state, tmp_path / "best_model.pt")
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "args.json").write_text(json.dumps(ARGS))
+    ada = ScGPTAdapter(tmp_path, rows="both", max_length=64)
+    sub = pbmc[:12].copy()
+    layers = ["transformer_encoder.layers.0", "transformer_encoder.layers.1"]
+    store = bioviz.extract(ada, sub, layers, tmp_path / "store", batch_size=5, progress=False)
+    obs = store.obs
+    b = ada.collate(list(range(12)))
+    g, v, pad = b.inputs["genes"], b.inputs["values"], b.inputs["src_key_padding_mask"]
+    seen = []
+    hook = ref.transformer_encoder.layers[0].register_forward_hook(lambda _m, _a, out: seen.append(out))
+    try:  # grad on: torch's fast path (nested tensors) stays off in the reference
+        last = ref._encode(g, v, pad).detach()
+    finally:
+        hook.remove()
+    want = {layers[0]: seen[0].detach(), layers[1]: last}
+    for layer in layers:
+        rows = store.array(layer)[:]
+        for i, cell in enumerate(sub.obs_names):
+            mine = obs[obs.cell_id == cell]
+            cls = mine[mine.row_type == "cell"].index
+            gene = mine[mine.row_type == "gene"]
+            assert len(cls) == 1 and len(gene) == int((~pad[i]).sum()) - 1
+            np.testing.assert_allclose(rows[cls[0]], want[layer][i, 0].numpy(), atol=1e-5)
+            np.testing.assert_allclose(rows[gene.index], want[layer][i, gene.token_index.to_numpy()].numpy(),
+                                       atol=1e-5)
 
 
 def test_checkpoint_errors(tmp_path, pbmc):
