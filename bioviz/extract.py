@@ -258,13 +258,13 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
         return ActivationStore(store_path)
     if resume.batch:
         log.info("resuming %s at batch %d", store_path, resume.batch)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=FixedBatches(n_items, int(batch_size), resume.batch),
-        collate_fn=_Collate(adapter), num_workers=num_workers,
-    )
-    module = _Extractor(adapter, names, writer, resume, dtype=dtype, nonfinite=nonfinite,
-                        inputs=inputs, select=select)
-    try:
+    try:  # from here on the writer holds the store's lock: every exit path releases it
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=FixedBatches(n_items, int(batch_size), resume.batch),
+            collate_fn=_Collate(adapter), num_workers=num_workers,
+        )
+        module = _Extractor(adapter, names, writer, resume, dtype=dtype, nonfinite=nonfinite,
+                            inputs=inputs, select=select)
         with quiet_lightning():
             trainer = L.Trainer(
                 accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
