@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bioviz.errors import InputError
 from bioviz.tables import read_table
 
 
@@ -31,23 +32,23 @@ class ArrayDataset(torch.utils.data.Dataset):
                 with np.load(path, allow_pickle=False) as z:
                     self.arrays = {k: torch.from_numpy(z[k]) for k in z.files}
             except ValueError as e:
-                raise ValueError(f"{path}: {e} (object arrays are not loaded, for safety)") from None
+                raise InputError(f"{path}: {e} (object arrays are not loaded, for safety)") from None
         else:
-            raise ValueError(f"{path}: expected a .safetensors or .npz file of arrays")
+            raise InputError(f"{path}: expected a .safetensors or .npz file of arrays")
         if not self.arrays:
-            raise ValueError(f"{path} holds no arrays")
+            raise InputError(f"{path} holds no arrays")
         sizes = {k: v.shape[0] if v.ndim else None for k, v in self.arrays.items()}
         if None in sizes.values() or len(set(sizes.values())) != 1:
-            raise ValueError(f"{path}: every array needs the same first (item) axis; got {sizes}")
+            raise InputError(f"{path}: every array needs the same first (item) axis; got {sizes}")
         self.n = next(iter(sizes.values()))
         self.meta = None
         if metadata is not None:
             self.meta = read_table(metadata, what="metadata table")
             if len(self.meta) != self.n:
-                raise ValueError(f"{metadata} has {len(self.meta)} rows but {path} holds {self.n} items")
+                raise InputError(f"{metadata} has {len(self.meta)} rows but {path} holds {self.n} items")
             clash = set(self.meta.columns) & set(self.arrays)
             if clash:
-                raise ValueError(f"{metadata}: columns {sorted(clash)} clash with array names in {path}")
+                raise InputError(f"{metadata}: columns {sorted(clash)} clash with array names in {path}")
 
     def __len__(self) -> int:
         return self.n

@@ -30,6 +30,7 @@ from bioviz.adapter import (
     spatial_rows,
     token_rows,
 )
+from bioviz.errors import InputError
 
 LAYOUTS = ("auto", "item", "tokens", "pooled", "spatial")
 
@@ -69,7 +70,7 @@ class TorchAdapter(Adapter):
 
             load_weights(model, weights)
         if layout not in LAYOUTS:
-            raise ValueError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
+            raise InputError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
         self._model = model
         self.layout = layout
         self.input_key = input_key
@@ -123,20 +124,20 @@ class TorchAdapter(Adapter):
         mask = batch.extra.get("mask")
         if layout == "item":
             if activation.ndim != 2:
-                raise ValueError(
+                raise InputError(
                     f"layer {layer!r} gives shape {tuple(activation.shape)}; layout='item' needs [batch, d]"
                 )
             return item_rows(activation, batch.meta)
         if layout == "tokens":
             if activation.ndim != 3:
-                raise ValueError(
+                raise InputError(
                     f"layer {layer!r} gives shape {tuple(activation.shape)}; layout='tokens' needs [batch, tokens, d]"
                 )
             return token_rows(activation, batch.meta, mask)
         if layout == "pooled":
             return pooled_rows(activation, batch.meta, mask if activation.ndim == 3 else None)
         if activation.ndim < 3:
-            raise ValueError(
+            raise InputError(
                 f"layer {layer!r} gives shape {tuple(activation.shape)}; layout='spatial' needs [batch, channels, *space]"
             )
         return spatial_rows(activation, batch.meta)

@@ -30,6 +30,7 @@ from bioviz.adapter import (
     pooled_rows,
     token_rows,
 )
+from bioviz.errors import InputError
 
 log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -59,7 +60,7 @@ def load_hf_model(path, model_class=None, *, eval_mode: bool = True, trust_remot
     try:
         config = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file} is not valid JSON ({e})") from None
+        raise InputError(f"{cfg_file} is not valid JSON ({e})") from None
     if model_class is None:
         arch = (config.get("architectures") or [None])[0]
         model_class = getattr(transformers, arch, None) if arch else None
@@ -69,9 +70,9 @@ def load_hf_model(path, model_class=None, *, eval_mode: bool = True, trust_remot
         name = model_class
         model_class = getattr(transformers, name, None)
         if model_class is None:
-            raise ValueError(f"model_class={name!r} is not a transformers class")
+            raise InputError(f"model_class={name!r} is not a transformers class")
     if config.get("auto_map") and not trust_remote_code and model_class is transformers.AutoModel:
-        raise ValueError(f"{path}: the model's code is in the directory itself (auto_map in config.json); "
+        raise InputError(f"{path}: the model's code is in the directory itself (auto_map in config.json); "
                          "pass trust_remote_code=True if you trust that code, or build the model yourself "
                          "and hand the module to the adapter")
     model, info = model_class.from_pretrained(path, local_files_only=True, output_loading_info=True,
@@ -83,9 +84,9 @@ def load_hf_model(path, model_class=None, *, eval_mode: bool = True, trust_remot
     is_base = model.base_model is model
     core = [k for k in missing if is_base or not prefix or k.startswith(prefix + ".")]
     if mismatched:
-        raise ValueError(f"{path}: weights with the wrong shape for {type(model).__name__}: {mismatched[:3]}")
+        raise InputError(f"{path}: weights with the wrong shape for {type(model).__name__}: {mismatched[:3]}")
     if core:
-        raise ValueError(f"{path}: the checkpoint lacks {len(core)} weights of {type(model).__name__} "
+        raise InputError(f"{path}: the checkpoint lacks {len(core)} weights of {type(model).__name__} "
                          f"(first: {core[:3]}); it was saved from a different architecture")
     if missing:
         log.warning("%s: task-head weights not in the checkpoint were initialised randomly: %s", path, missing[:5])
@@ -134,7 +135,7 @@ class HFAdapter(Adapter):
                  text_column="sequence", preprocess=None, max_length=None, max_unknown_fraction=0.05,
                  model=None):
         if rows not in ("tokens", "mean", "cls"):
-            raise ValueError(f"rows={rows!r}: expected 'tokens', 'mean' or 'cls'")
+            raise InputError(f"rows={rows!r}: expected 'tokens', 'mean' or 'cls'")
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self._model = model if model is not None else load_hf_model(model_dir, model_class)
         self.tokenizer = load_hf_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
@@ -150,7 +151,7 @@ class HFAdapter(Adapter):
     def dataset(self, data):
         if isinstance(data, pd.DataFrame):
             if self.text_column not in data.columns:
-                raise ValueError(f"data: no column {self.text_column!r} (text_column=; columns: {list(data.columns)})")
+                raise InputError(f"data: no column {self.text_column!r} (text_column=; columns: {list(data.columns)})")
             texts = data[self.text_column].astype(str).tolist()
             meta = data.drop(columns=[self.text_column]).reset_index(drop=True)
             meta = meta[[c for c in meta.columns if meta[c].map(is_scalar).all()]]
@@ -174,7 +175,7 @@ class HFAdapter(Adapter):
         ids = [i for t in texts for i in self.tokenizer(t)["input_ids"] if i == unk or i not in special]
         frac = float(np.mean([i == unk for i in ids])) if ids else 1.0
         if frac > self.max_unknown_fraction:
-            raise ValueError(
+            raise InputError(
                 f"the tokenizer maps {frac:.0%} of the input's tokens to {self.tokenizer.unk_token!r} "
                 f"(vocabulary of {len(self.tokenizer)}); it is not the model's tokenizer or the input needs "
                 "preprocess= (load the tokenizer with load_hf_tokenizer(model_or_vocab_dir))")
@@ -197,7 +198,7 @@ class HFAdapter(Adapter):
         if activation.ndim == 2:
             return item_rows(activation, batch.meta)
         if activation.ndim != 3 or activation.shape[1] != batch.extra["mask"].shape[1]:
-            raise ValueError(f"layer {layer!r} gives shape {tuple(activation.shape)}; expected "
+            raise InputError(f"layer {layer!r} gives shape {tuple(activation.shape)}; expected "
                              f"[batch, {batch.extra['mask'].shape[1]} tokens, d]")
         if self.rows_mode == "cls":
             return activation[:, 0], batch.meta.reset_index(drop=True)

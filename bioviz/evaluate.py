@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .adapter import to_device
 from .batches import FixedBatches
+from .errors import InputError
 from .provenance import resolve
 from .sae import SparseAutoencoder
 
@@ -38,7 +39,7 @@ def _as_rows(t: torch.Tensor, d: int) -> tuple[torch.Tensor, callable]:
     if t.ndim >= 3 and t.shape[1] == d:
         moved = t.movedim(1, -1)
         return moved.reshape(-1, d), lambda r: r.reshape(moved.shape).movedim(-1, 1)
-    raise ValueError(f"layer output of shape {tuple(t.shape)} has no axis of the SAE's size d_in={d}")
+    raise InputError(f"layer output of shape {tuple(t.shape)} has no axis of the SAE's size d_in={d}")
 
 
 def _splice(name: str, sae: SparseAutoencoder, mean: torch.Tensor):
@@ -117,7 +118,7 @@ def fidelity(adapter, data, sae: SparseAutoencoder, layer: str | None = None, *,
     """
     target = resolve(sae, layer=layer, model=adapter.identity(), allow_mismatch=allow_mismatch)
     if target.layer is None:
-        raise ValueError("layer: the SAE records no layer it was trained on; pass layer=")
+        raise InputError("layer: the SAE records no layer it was trained on; pass layer=")
     layer = target.layer
     model = adapter.model.eval()
     device = next(model.parameters()).device
@@ -197,7 +198,7 @@ def stability(a: SparseAutoencoder, b: SparseAutoencoder, threshold: float = 0.7
     from scipy.optimize import linear_sum_assignment
 
     if a.d_in != b.d_in:
-        raise ValueError(f"the SAEs read different layers (d_in {a.d_in} vs {b.d_in})")
+        raise InputError(f"the SAEs read different layers (d_in {a.d_in} vs {b.d_in})")
     wa = F.normalize(a.W_dec.detach().double(), dim=1)
     wb = F.normalize(b.W_dec.detach().double(), dim=1)
     cos = (wa @ wb.T).cpu().numpy()

@@ -15,6 +15,7 @@ import torch
 from .adapter import REQUIRED_OBS, Adapter, Batch, to_device
 from .batches import FixedBatches
 from .checksum import chain, digest
+from .errors import InputError
 from .hooks import resolve_layers
 from .store import ActivationStore, StoreError, StoreWriter
 from .store.format import FLOAT16_MAX, MANIFEST
@@ -231,9 +232,9 @@ def extract(adapter: Adapter, data: str | torch.utils.data.Dataset, layers: str 
         raise TypeError(f"adapter: expected a bioviz adapter, got {type(adapter).__name__}; "
                         "wrap a plain torch model with bioviz.adapters.TorchAdapter(model)")
     if nonfinite not in NONFINITE:
-        raise ValueError(f"nonfinite={nonfinite!r}: expected one of {NONFINITE}")
+        raise InputError(f"nonfinite={nonfinite!r}: expected one of {NONFINITE}")
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+        raise InputError(f"batch_size={batch_size!r}: expected a positive integer")
     names = resolve_layers(adapter.model, layers)
     dataset = adapter.dataset(data)
     n_items = len(dataset)

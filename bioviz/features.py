@@ -132,7 +132,7 @@ def _encode(sae, store, layer, batch_size, progress, device, allow_mismatch) -> 
                      allow_mismatch=allow_mismatch)
     d = store.dim(layer)
     if sae.d_in != d:
-        raise ValueError(
+        raise InputError(
             f"layer {layer!r} of {store.path} has d={d} but the SAE was trained on d_in={sae.d_in}; "
             "encode with an SAE trained on this layer"
         )

@@ -24,6 +24,8 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
+from .errors import InputError
+
 _GLOB_CHARS = set("*?[")
 
 
@@ -62,12 +64,12 @@ def resolve_layers(model: nn.Module, patterns: str | Iterable[str]) -> list[str]
         patterns = [patterns]
     patterns = list(patterns)
     if not patterns:
-        raise ValueError("layers: give at least one module name or glob pattern")
+        raise InputError("layers: give at least one module name or glob pattern")
     names = [n for n, _ in model.named_modules() if n]
     chosen: set[str] = set()
     for pat in patterns:
         if not isinstance(pat, str) or not pat:
-            raise ValueError(f"layers: {pat!r} is not a module name or glob pattern")
+            raise InputError(f"layers: {pat!r} is not a module name or glob pattern")
         if _GLOB_CHARS & set(pat):
             rx = _glob_regex(pat)
             hits = [n for n in names if rx.fullmatch(n)]
@@ -76,7 +78,7 @@ def resolve_layers(model: nn.Module, patterns: str | Iterable[str]) -> list[str]
         if not hits:
             close = difflib.get_close_matches(pat, names, n=5, cutoff=0.4)
             hint = f"; close matches: {', '.join(close)}" if close else ""
-            raise ValueError(
+            raise InputError(
                 f"layer {pat!r} matches no module of {type(model).__name__}{hint}. "
                 f"List names with bioviz.hooks.layer_names(model)."
             )
@@ -225,7 +227,7 @@ def patch(model: nn.Module, layer: str, fn, *, select: int | str | None = None):
     """
     names = resolve_layers(model, layer)
     if len(names) != 1:
-        raise ValueError(f"patch needs exactly one layer; {layer!r} matches {names}")
+        raise InputError(f"patch needs exactly one layer; {layer!r} matches {names}")
     module = dict(model.named_modules())[names[0]]
 
     def hook(_m, _args, output):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InputError
 from .sae import SparseAutoencoder
 
 
@@ -62,13 +63,13 @@ def resolve(sae: SparseAutoencoder, *, layer: str | None = None, store: str | No
     if store is None and need_store:
         store = prov.get("store")
         if store is None:
-            raise ValueError("store: not given, and the SAE records no store it was trained on; "
+            raise InputError("store: not given, and the SAE records no store it was trained on; "
                              "pass the activation store to use")
         if not Path(store).exists():
             raise FileNotFoundError(f"store: the SAE was trained on {store}, which does not exist "
                                     "(moved?); pass the store to use")
     if mismatches and not allow_mismatch:
-        raise ValueError("the SAE does not match what it is asked to work on:\n  - "
+        raise InputError("the SAE does not match what it is asked to work on:\n  - "
                          + "\n  - ".join(mismatches)
                          + "\npass allow_mismatch=True to go on anyway (it is recorded in the output)")
     return Target(layer, None if store is None else str(store), mismatches, bool(allow_mismatch))

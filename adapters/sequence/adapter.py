@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from bioviz.adapter import Adapter, Batch
+from bioviz.errors import InputError
 
 from .inputs import records_from, reverse_complement
 from .tokenizers import OneHotEncoder, tokenizer_for
@@ -110,12 +111,12 @@ class SequenceAdapter(Adapter):
         self.tokenizer = tokenizer_for(tokenizer) if isinstance(tokenizer, str) else tokenizer
         self.onehot = isinstance(self.tokenizer, OneHotEncoder)
         if call not in ("hf", "ids", "onehot"):
-            raise ValueError(f"call={call!r}: expected 'hf', 'ids' or 'onehot'")
+            raise InputError(f"call={call!r}: expected 'hf', 'ids' or 'onehot'")
         if self.onehot != (call == "onehot"):
-            raise ValueError(f"call={call!r} does not fit a {type(self.tokenizer).__name__}")
+            raise InputError(f"call={call!r} does not fit a {type(self.tokenizer).__name__}")
         window, overlap = int(window), int(overlap)
         if window < 1 or not 0 <= overlap < window:
-            raise ValueError(f"window={window}, overlap={overlap}: need window > 0 and 0 <= overlap < window")
+            raise InputError(f"window={window}, overlap={overlap}: need window > 0 and 0 <= overlap < window")
         self.window, self.overlap, self.call = window, overlap, call
         self.channels_first, self.length_axis, self.bin_size = channels_first, dict(length_axis or {}), bin_size
         self.reference, self.parse_header = reference, parse_header
@@ -153,7 +154,7 @@ class SequenceAdapter(Adapter):
             n_pos -= (cfg.pad_token_id or 0) + 1  # ESM numbers positions from padding_idx + 1
         if window is None:
             if not n_pos:
-                raise ValueError(f"{model_dir}: the config has no max_position_embeddings; pass window= (bp)")
+                raise InputError(f"{model_dir}: the config has no max_position_embeddings; pass window= (bp)")
             window = (int(n_pos) - 2) * tokenizer.bp_per_token  # room for special tokens
         return cls(model, tokenizer, window=window, call="hf", model_name=f"hf:{model_dir.name}",
                    max_tokens=n_pos, **kwargs)
@@ -216,7 +217,7 @@ class SequenceAdapter(Adapter):
         t = max(len(e[0]) for e in enc)
         if self.max_tokens and t > self.max_tokens:
             i = int(np.argmax([len(e[0]) for e in enc]))
-            raise ValueError(f"{meta['seq_id'][i]} window {wins[i].index} becomes {t} tokens but the model takes "
+            raise InputError(f"{meta['seq_id'][i]} window {wins[i].index} becomes {t} tokens but the model takes "
                              f"{self.max_tokens} (N-rich stretches tokenise base by base); use a smaller window=")
         ids = torch.full((len(enc), t), self.tokenizer.pad_id, dtype=torch.long)
         starts = torch.full((len(enc), t), -1, dtype=torch.long)
@@ -251,10 +252,10 @@ class SequenceAdapter(Adapter):
 
     def rows(self, layer, activation, batch):
         if activation.ndim == 2:
-            raise ValueError(f"layer {layer!r} gives one vector per window ({tuple(activation.shape)}); "
+            raise InputError(f"layer {layer!r} gives one vector per window ({tuple(activation.shape)}); "
                              "sequence rows need a per-position output")
         if activation.ndim != 3:
-            raise ValueError(f"layer {layer!r} gives shape {tuple(activation.shape)}; expected [B, positions, d]")
+            raise InputError(f"layer {layer!r} gives shape {tuple(activation.shape)}; expected [B, positions, d]")
         if not self.onehot and activation.shape[1] == batch.extra["token_start"].shape[1]:
             act = activation
             rel_start, rel_end = batch.extra["token_start"], batch.extra["token_end"]
@@ -299,7 +300,7 @@ class SequenceAdapter(Adapter):
             width = self.window
             fits = [ax for ax in (1, 2) if act.shape[ax] <= width and width % act.shape[ax] == 0]
             if len(fits) != 1:
-                raise ValueError(f"layer {layer!r} gives shape {tuple(act.shape)}: cannot tell which axis runs "
+                raise InputError(f"layer {layer!r} gives shape {tuple(act.shape)}: cannot tell which axis runs "
                                  "along the sequence; pass length_axis={pattern: 1 or 2}")
             axis = fits[0]
         return act if axis == 1 else act.transpose(1, 2)
@@ -307,7 +308,7 @@ class SequenceAdapter(Adapter):
     def _bins(self, layer, n: int, batch):
         """Window coordinates of each of a layer's ``n`` output positions."""
         if not self.onehot:
-            raise ValueError(f"layer {layer!r} has {n} positions but the input has "
+            raise InputError(f"layer {layer!r} has {n} positions but the input has "
                              f"{batch.extra['token_start'].shape[1]} tokens; hook a per-token layer")
         width = self.window
         if self.bin_size and n * self.bin_size < width:
@@ -315,7 +316,7 @@ class SequenceAdapter(Adapter):
         elif width % n == 0:
             size, offset = width // n, 0
         else:
-            raise ValueError(f"layer {layer!r}: {n} positions do not tile a {width}-bp window; pass bin_size=")
+            raise InputError(f"layer {layer!r}: {n} positions do not tile a {width}-bp window; pass bin_size=")
         start = (torch.arange(n) * size + offset).unsqueeze(0).repeat(len(batch.meta), 1)
         end = start + size
         start[end > batch.extra["length"].unsqueeze(1)] = -1  # bins reaching into padding

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from bioviz.errors import InputError
+
 # which axis runs along the sequence: the stem and conv tower are channels-first ([B, C, L]),
 # the transformer, crop and heads [B, bins, d]; first matching pattern wins
 ENFORMER_LENGTH_AXIS = {"stem": 2, "stem.*": 2, "conv_tower": 2, "conv_tower.*": 2, "final_pointwise.1": 2,
@@ -55,11 +57,11 @@ def load_enformer(model_dir):
         for n in names:
             full[n] = state[src]
     if missing:
-        raise ValueError(f"{d}: the checkpoint lacks {len(missing)} Enformer weights (first: {missing[:3]}); "
+        raise InputError(f"{d}: the checkpoint lacks {len(missing)} Enformer weights (first: {missing[:3]}); "
                          "does config.json match the weights?")
     wrong = [k for k, v in full.items() if v.shape != own[k].shape]
     if wrong:
-        raise ValueError(f"{d}: weights with the wrong shape: {wrong[:3]} (does config.json match the weights?)")
+        raise InputError(f"{d}: weights with the wrong shape: {wrong[:3]} (does config.json match the weights?)")
     model.load_state_dict(full)
     return model.eval()
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bioviz.errors import InputError
+
 _COMPLEMENT = str.maketrans("ACGTRYKMBVDHNSWacgtrykmbvdhnsw", "TGCAYRMKVBHDNSWtgcayrmkvbhdnsw")
 _HEADER = re.compile(r"^(?P<chrom>[^:\s]+):(?P<start>\d+)-(?P<end>\d+)(?:\((?P<strand>[+-])\))?$")
 
@@ -53,7 +55,7 @@ def read_fasta(path):
                     yield name, "".join(parts)
                 name, parts = line[1:].split()[0] if line[1:].strip() else f"record{n}", []
             elif name is None:
-                raise ValueError(f"{path}: line {n} has sequence before any '>' header; not a FASTA file")
+                raise InputError(f"{path}: line {n} has sequence before any '>' header; not a FASTA file")
             else:
                 parts.append(line)
     if name is not None:
@@ -77,7 +79,7 @@ class FastaIndex:
         if not self.path.is_file():
             raise FileNotFoundError(f"reference FASTA {self.path} does not exist")
         if self.path.suffix == ".gz":
-            raise ValueError(f"{self.path}: bgzip/gzip references are not supported; decompress it")
+            raise InputError(f"{self.path}: bgzip/gzip references are not supported; decompress it")
         fai = Path(str(self.path) + ".fai")
         self.index = self._read_fai(fai) if fai.is_file() else self._build()
 
@@ -110,10 +112,10 @@ class FastaIndex:
 
     def fetch(self, chrom: str, start: int, end: int) -> str:
         if chrom not in self.index:
-            raise ValueError(f"{self.path} has no sequence {chrom!r} (has: {list(self.index)[:5]}...)")
+            raise InputError(f"{self.path} has no sequence {chrom!r} (has: {list(self.index)[:5]}...)")
         length, offset, bases, width = self.index[chrom]
         if not 0 <= start < end <= length:
-            raise ValueError(f"{chrom}:{start}-{end} is outside {chrom} (length {length}) in {self.path}")
+            raise InputError(f"{chrom}:{start}-{end} is outside {chrom} (length {length}) in {self.path}")
         lo = offset + (start // bases) * width + start % bases
         hi = offset + ((end - 1) // bases) * width + (end - 1) % bases + 1
         with open(self.path, "rb") as f:
@@ -132,7 +134,7 @@ def records_from(data, *, reference=None, parse_header: bool = True, subject_id=
     suffixes = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() == ".bed" or reference is not None:
         if reference is None:
-            raise ValueError(f"{path}: a BED file needs reference= (the genome FASTA)")
+            raise InputError(f"{path}: a BED file needs reference= (the genome FASTA)")
         ref = FastaIndex(reference)
         return _from_bed(path, ref, subject_id, sample_id), ref
     if path.suffix.lower() in (".tsv", ".csv", ".txt"):
@@ -144,18 +146,18 @@ def records_from(data, *, reference=None, parse_header: bool = True, subject_id=
             m = _HEADER.match(name) if parse_header else None
             chrom, start, strand = (m["chrom"], int(m["start"]), m["strand"] or "+") if m else (name, 0, "+")
             if m and int(m["end"]) - start != len(seq):
-                raise ValueError(f"{path}: record {name} says {int(m['end']) - start} bp but holds {len(seq)}")
+                raise InputError(f"{path}: record {name} says {int(m['end']) - start} bp but holds {len(seq)}")
             recs.append(Record(name, chrom, start, start + len(seq), strand, subject_id or name,
                                sample_id or subject_id or name, seq))
         if not recs:
-            raise ValueError(f"{path}: no FASTA records")
+            raise InputError(f"{path}: no FASTA records")
         return recs, None
-    raise ValueError(f"{path}: unknown input; expected FASTA (.fa/.fasta/.fna[.gz]), a table (.tsv/.csv) or .bed")
+    raise InputError(f"{path}: unknown input; expected FASTA (.fa/.fasta/.fna[.gz]), a table (.tsv/.csv) or .bed")
 
 
 def _from_table(frame: pd.DataFrame, where, column, subject_id, sample_id) -> list[Record]:
     if column not in frame.columns:
-        raise ValueError(f"{where}: no column {column!r} holding sequences (sequence_column=; columns: {list(frame.columns)})")
+        raise InputError(f"{where}: no column {column!r} holding sequences (sequence_column=; columns: {list(frame.columns)})")
     recs = []
     for i, row in enumerate(frame.to_dict("records")):
         seq = str(row[column])
@@ -165,14 +167,14 @@ def _from_table(frame: pd.DataFrame, where, column, subject_id, sample_id) -> li
         end = int(row.get("end", start + len(seq)))
         strand = str(row.get("strand", "+"))
         if strand not in ("+", "-"):
-            raise ValueError(f"{where}: row {i} has strand {strand!r}; expected '+' or '-'")
+            raise InputError(f"{where}: row {i} has strand {strand!r}; expected '+' or '-'")
         if end - start != len(seq):
-            raise ValueError(f"{where}: row {i} ({sid}) spans {chrom}:{start}-{end} ({end - start} bp) "
+            raise InputError(f"{where}: row {i} ({sid}) spans {chrom}:{start}-{end} ({end - start} bp) "
                              f"but its sequence has {len(seq)} bp")
         subj = str(row.get("subject_id", subject_id or sid))
         recs.append(Record(sid, chrom, start, end, strand, subj, str(row.get("sample_id", sample_id or subj)), seq))
     if not recs:
-        raise ValueError(f"{where} has no rows")
+        raise InputError(f"{where} has no rows")
     return recs
 
 
@@ -185,20 +187,20 @@ def _from_bed(path: Path, ref: FastaIndex, subject_id, sample_id) -> list[Record
             continue
         f = line.split("\t")
         if len(f) < 3:
-            raise ValueError(f"{path}: line {n} has {len(f)} tab-separated fields; BED needs chrom, start, end")
+            raise InputError(f"{path}: line {n} has {len(f)} tab-separated fields; BED needs chrom, start, end")
         try:
             start, end = int(f[1]), int(f[2])
         except ValueError:
-            raise ValueError(f"{path}: line {n}: start/end {f[1]!r}, {f[2]!r} are not integers") from None
+            raise InputError(f"{path}: line {n}: start/end {f[1]!r}, {f[2]!r} are not integers") from None
         if end <= start:
-            raise ValueError(f"{path}: line {n}: end {end} is not after start {start}")
+            raise InputError(f"{path}: line {n}: end {end} is not after start {start}")
         strand = f[5] if len(f) > 5 and f[5] in ("+", "-") else "+"
         name = f[3] if len(f) > 3 and f[3] not in ("", ".") else f"{f[0]}:{start}-{end}({strand})"
         ref_len = ref.index.get(f[0], (None,))[0]
         if ref_len is None or end > ref_len:
-            raise ValueError(f"{path}: line {n}: {f[0]}:{start}-{end} is not inside the reference {ref.path}")
+            raise InputError(f"{path}: line {n}: {f[0]}:{start}-{end} is not inside the reference {ref.path}")
         subj = subject_id or name
         recs.append(Record(name, f[0], start, end, strand, subj, sample_id or subj))
     if not recs:
-        raise ValueError(f"{path}: no intervals")
+        raise InputError(f"{path}: no intervals")
     return recs

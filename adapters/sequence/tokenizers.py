@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bioviz.errors import InputError
+
 NUCLEOTIDES = ("A", "T", "C", "G")
 IUPAC = set("RYKMSWBDHVN")
 
@@ -49,13 +51,13 @@ class KmerTokenizer:
     def __init__(self, k: int = 6, vocab=None, *, iupac: str = "error", uppercase: bool = True,
                  prepend_cls: bool = True, append_eos: bool = False):
         if iupac not in ("error", "N"):
-            raise ValueError(f"iupac={iupac!r}: expected 'error' (the original rule) or 'N'")
+            raise InputError(f"iupac={iupac!r}: expected 'error' (the original rule) or 'N'")
         self.k, self.iupac, self.uppercase = int(k), iupac, uppercase
         self.prepend_cls, self.append_eos = prepend_cls, append_eos
         self.vocab = self._vocab(vocab)
         for tok in ("<pad>", "<cls>", "<unk>", "N", *NUCLEOTIDES):
             if tok not in self.vocab:
-                raise ValueError(f"k-mer vocabulary lacks {tok!r}")
+                raise InputError(f"k-mer vocabulary lacks {tok!r}")
         self.pad_id = self.vocab["<pad>"]
         self.bp_per_token = self.k
 
@@ -79,7 +81,7 @@ class KmerTokenizer:
         if bad:
             if self.iupac == "error" or any(seq[i] not in IUPAC for i in bad):
                 i = bad[0]
-                raise ValueError(
+                raise InputError(
                     f"{name}: base {seq[i]!r} at position {i} is not A/C/G/T/N; Nucleotide Transformer's "
                     "tokenizer has no token for it (pass iupac='N' to read IUPAC codes as N)")
             chars = np.frombuffer(seq.encode(), dtype="S1").copy()
@@ -131,7 +133,7 @@ class CharTokenizer:
     def __init__(self, preset: str = "hyenadna", *, vocab: dict | None = None, uppercase=None,
                  n_as_pad=None, append_sep: bool = True, characters=("A", "C", "G", "T", "N")):
         if preset not in PRESETS:
-            raise ValueError(f"preset={preset!r}: expected one of {list(PRESETS)}")
+            raise InputError(f"preset={preset!r}: expected one of {list(PRESETS)}")
         p = PRESETS[preset]
         self.preset = preset
         self.uppercase = p["uppercase"] if uppercase is None else uppercase
@@ -140,7 +142,7 @@ class CharTokenizer:
         self.vocab = dict(vocab) if vocab is not None else {**HYENA_SPECIAL, **{c: i + 7 for i, c in enumerate(characters)}}
         for tok in ("[SEP]", "[PAD]", "[UNK]"):
             if tok not in self.vocab:
-                raise ValueError(f"character vocabulary lacks {tok!r}")
+                raise InputError(f"character vocabulary lacks {tok!r}")
         self.pad_id, self.unk_id = self.vocab["[PAD]"], self.vocab["[UNK]"]
         self.bp_per_token = 1
         lut = np.full(256, self.unk_id, dtype=np.int64)
@@ -185,7 +187,7 @@ class ByteTokenizer:
         seq = _uppercase(seq, self.uppercase)
         data = seq.encode("utf-8")
         if len(data) != len(seq):
-            raise ValueError(f"{name}: non-ASCII characters in a DNA sequence")
+            raise InputError(f"{name}: non-ASCII characters in a DNA sequence")
         ids = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
         starts = np.arange(len(ids), dtype=np.int64)
         ends = starts + 1
@@ -240,4 +242,4 @@ def tokenizer_for(name: str, **kwargs):
         return ByteTokenizer(**kwargs)
     if name in ("onehot", "enformer"):
         return OneHotEncoder(**kwargs)
-    raise ValueError(f"tokenizer {name!r}: expected nt, hyenadna, caduceus, evo or onehot")
+    raise InputError(f"tokenizer {name!r}: expected nt, hyenadna, caduceus, evo or onehot")

@@ -67,15 +67,15 @@ class SingleCellAdapter(Adapter):
                  rows="cell", pooling="cls", layer=None, use_raw=False, gene_key=None, gene_map=None,
                  min_mapped_fraction=0.5, empty_cells="error", duplicate_genes="error"):
         if rows not in ROWS:
-            raise ValueError(f"rows={rows!r}: expected one of {ROWS}")
+            raise InputError(f"rows={rows!r}: expected one of {ROWS}")
         if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling={pooling!r}: expected 'cls' or 'mean'")
+            raise InputError(f"pooling={pooling!r}: expected 'cls' or 'mean'")
         if pooling == "cls" and not self.has_cls and rows != "gene":
-            raise ValueError(f"pooling='cls': this {self.name} model has no <cls> token; use pooling='mean'")
+            raise InputError(f"pooling='cls': this {self.name} model has no <cls> token; use pooling='mean'")
         if empty_cells not in ("error", "drop"):
-            raise ValueError(f"empty_cells={empty_cells!r}: expected 'error' or 'drop'")
+            raise InputError(f"empty_cells={empty_cells!r}: expected 'error' or 'drop'")
         if not 0 <= float(min_mapped_fraction) <= 1:
-            raise ValueError(f"min_mapped_fraction={min_mapped_fraction!r}: expected a number in [0, 1]")
+            raise InputError(f"min_mapped_fraction={min_mapped_fraction!r}: expected a number in [0, 1]")
         self.subject_key, self.sample_key, self.cell_key = subject_key, sample_key, cell_key
         self.obs_columns = list(obs_columns)
         self.rows_mode, self.pooling = rows, pooling
@@ -113,7 +113,7 @@ class SingleCellAdapter(Adapter):
         src = CellSource(data, layer=self.layer, use_raw=self.use_raw)
         where = f"{src.where} ({src.matrix_name})"
         if src.shape[0] == 0:
-            raise ValueError(f"{where} has no cells")
+            raise InputError(f"{where} has no cells")
         self.meta = self._cell_meta(src)
         ids = self._identifiers(src)
         self.genes = map_genes(ids, self._vocabulary(), gene_map=self.gene_map, upper=self.gene_upper,
@@ -126,7 +126,7 @@ class SingleCellAdapter(Adapter):
         empty = np.flatnonzero(s.n_mapped == 0)
         if len(empty) and self.empty_cells == "error":
             names = self.meta["cell_id"].iloc[empty[:5]].tolist()
-            raise ValueError(
+            raise InputError(
                 f"{where}: {len(empty)} cells have no expressed gene that the model knows "
                 f"(first: {names}); filter them out, or pass empty_cells='drop' to skip them"
             )
@@ -173,7 +173,7 @@ class SingleCellAdapter(Adapter):
         if self.gene_key is None:
             return src.var_names
         if self.gene_key not in src.var.columns:
-            raise ValueError(f"{src.where}: var has no column {self.gene_key!r} "
+            raise InputError(f"{src.where}: var has no column {self.gene_key!r} "
                              f"(gene_key=; columns: {list(src.var.columns)})")
         return src.var[self.gene_key].astype(str)
 
@@ -183,17 +183,17 @@ class SingleCellAdapter(Adapter):
 
         def column(key, what):
             if key not in obs.columns:
-                raise ValueError(f"{where}: obs has no column {key!r} ({what}=; columns: {list(obs.columns)})")
+                raise InputError(f"{where}: obs has no column {key!r} ({what}=; columns: {list(obs.columns)})")
             col = obs[key]
             if col.isna().any():
-                raise ValueError(f"{where}: obs column {key!r} ({what}) has {int(col.isna().sum())} missing values")
+                raise InputError(f"{where}: obs column {key!r} ({what}) has {int(col.isna().sum())} missing values")
             return col.astype(str).to_numpy()
 
         cell_ids = column(self.cell_key, "cell_key") if self.cell_key else obs.index.astype(str).to_numpy()
         dup = pd.Index(cell_ids)
         dup = dup[dup.duplicated()].unique()
         if len(dup):
-            raise ValueError(f"{where}: {len(dup)} cell names occur more than once (first: {list(dup[:5])}); "
+            raise InputError(f"{where}: {len(dup)} cell names occur more than once (first: {list(dup[:5])}); "
                              "make them unique (adata.obs_names_make_unique()) or pass cell_key=")
         if self.subject_key is None:
             log.warning("%s: no subject_key given, so every cell counts as its own subject; name the "
@@ -205,7 +205,7 @@ class SingleCellAdapter(Adapter):
         meta = pd.DataFrame({"subject_id": subject, "sample_id": sample, "cell_id": cell_ids})
         for c in self.obs_columns:
             if c not in obs.columns:
-                raise ValueError(f"{where}: obs has no column {c!r} (obs_columns=)")
+                raise InputError(f"{where}: obs has no column {c!r} (obs_columns=)")
             meta[c] = obs[c].to_numpy()
         return meta
 
@@ -228,10 +228,10 @@ class SingleCellAdapter(Adapter):
 
     def rows(self, layer, activation, batch):
         if activation.ndim != 3:
-            raise ValueError(f"layer {layer!r} gives shape {tuple(activation.shape)}; single-cell rows "
+            raise InputError(f"layer {layer!r} gives shape {tuple(activation.shape)}; single-cell rows "
                              "need [cells, tokens, d] (hook a transformer layer)")
         if activation.shape[1] != batch.extra["gene"].shape[1]:
-            raise ValueError(f"layer {layer!r} has {activation.shape[1]} positions but the input has "
+            raise InputError(f"layer {layer!r} has {activation.shape[1]} positions but the input has "
                              f"{batch.extra['gene'].shape[1]} tokens")
         parts = []
         if self.rows_mode in ("cell", "both"):

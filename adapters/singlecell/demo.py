@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from bioviz.errors import InputError
+
 #: the shipped model's folder: package data of this package, wherever it is installed
 DEMO_DIR = Path(str(resources.files(__package__).joinpath("demo_model")))
 #: the name stores record for it (the folder's name when it shipped in bioviz/data)
@@ -40,7 +42,7 @@ def pbmc68k_counts(max_rounding_error: float = 0.45):
     counts = np.round(ratio)
     err = float(np.abs(ratio - counts).max())
     if err > max_rounding_error:
-        raise ValueError(f"pbmc68k_reduced: counts cannot be recovered (rounding error {err:.3f} counts)")
+        raise InputError(f"pbmc68k_reduced: counts cannot be recovered (rounding error {err:.3f} counts)")
     obs = pd.DataFrame(index=src.obs_names.copy())
     obs["donor"] = "zheng2017_donorA"
     obs["library"] = [name.rsplit("-", 1)[-1] for name in src.obs_names]

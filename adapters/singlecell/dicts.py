@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bioviz.errors import InputError
+
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 TABLE_SUFFIXES = (".tsv", ".csv", ".txt")
 
@@ -67,9 +69,9 @@ def load_pickle_restricted(path) -> object:
         try:
             return RestrictedUnpickler(f).load()
         except pickle.UnpicklingError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise InputError(f"{path}: {e}") from None
         except Exception as e:  # truncated or not a pickle at all
-            raise ValueError(f"{path}: not a readable pickle of a plain dictionary ({e})") from None
+            raise InputError(f"{path}: not a readable pickle of a plain dictionary ({e})") from None
 
 
 def load_mapping(source, *, what: str, value_type=None, key_column=None, value_column=None) -> dict:
@@ -97,7 +99,7 @@ def load_mapping(source, *, what: str, value_type=None, key_column=None, value_c
                 try:
                     data = json.load(f)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{where} is not valid JSON ({e})") from None
+                    raise InputError(f"{where} is not valid JSON ({e})") from None
         elif suffix in PICKLE_SUFFIXES:
             data = load_pickle_restricted(path)
         elif suffix in TABLE_SUFFIXES:
@@ -105,32 +107,32 @@ def load_mapping(source, *, what: str, value_type=None, key_column=None, value_c
             frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
             data = _from_frame(frame, key_column, value_column, where)
         else:
-            raise ValueError(f"{where}: unknown format {suffix!r}; use .json, .tsv/.csv or .pkl")
+            raise InputError(f"{where}: unknown format {suffix!r}; use .json, .tsv/.csv or .pkl")
     else:
         raise TypeError(f"{what}: expected a dict, a DataFrame or a file path, got {type(source).__name__}")
     if not isinstance(data, dict):
-        raise ValueError(f"{where} holds a {type(data).__name__}, expected a dictionary")
+        raise InputError(f"{where} holds a {type(data).__name__}, expected a dictionary")
     if not data:
-        raise ValueError(f"{where} is empty")
+        raise InputError(f"{where} is empty")
     if value_type is not None:
         data = {k: _convert(k, v, value_type, where) for k, v in data.items()}
     bad_keys = [k for k in data if not isinstance(k, str)]
     if bad_keys:
-        raise ValueError(f"{where}: keys must be strings (gene identifiers), found {bad_keys[:3]!r}")
+        raise InputError(f"{where}: keys must be strings (gene identifiers), found {bad_keys[:3]!r}")
     return data
 
 
 def _from_frame(frame: pd.DataFrame, key_column, value_column, where) -> dict:
     if key_column is None and value_column is None:
         if frame.shape[1] != 2:
-            raise ValueError(
+            raise InputError(
                 f"{where}: expected two columns (identifier, mapped value), found {frame.shape[1]} "
                 f"({list(frame.columns)}); name them with key_column=/value_column="
             )
         key_column, value_column = frame.columns
     for col in (key_column, value_column):
         if col not in frame.columns:
-            raise ValueError(f"{where}: no column {col!r} (columns: {list(frame.columns)})")
+            raise InputError(f"{where}: no column {col!r} (columns: {list(frame.columns)})")
     frame = frame[[key_column, value_column]]
     frame = frame[(frame[key_column] != "") & (frame[value_column] != "")]
     dup = frame[key_column][frame[key_column].duplicated()]
@@ -139,7 +141,7 @@ def _from_frame(frame: pd.DataFrame, key_column, value_column, where) -> dict:
         clash = frame[frame[key_column].isin(dup)].groupby(key_column)[value_column].nunique()
         clash = clash[clash > 1]
         if len(clash):
-            raise ValueError(
+            raise InputError(
                 f"{where}: {len(clash)} identifiers map to more than one value "
                 f"(first: {clash.index[:3].tolist()}); keep one row per identifier"
             )
@@ -148,13 +150,13 @@ def _from_frame(frame: pd.DataFrame, key_column, value_column, where) -> dict:
 
 def _convert(key, value, value_type, where):
     if isinstance(value, bool) or value is None:
-        raise ValueError(f"{where}: value for {key!r} is {value!r}, expected {value_type.__name__}")
+        raise InputError(f"{where}: value for {key!r} is {value!r}, expected {value_type.__name__}")
     try:
         out = value_type(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: value for {key!r} is {value!r}, expected {value_type.__name__}") from None
+        raise InputError(f"{where}: value for {key!r} is {value!r}, expected {value_type.__name__}") from None
     if value_type is int and isinstance(value, float) and value != out:
-        raise ValueError(f"{where}: value for {key!r} is {value!r}, expected an integer token id")
+        raise InputError(f"{where}: value for {key!r} is {value!r}, expected an integer token id")
     return out
 
 

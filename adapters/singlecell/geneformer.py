@@ -33,6 +33,7 @@ import scipy.sparse as sp
 import torch
 
 from bioviz.checksum import digest
+from bioviz.errors import InputError
 
 from ..hf import load_hf_model
 from .adapter import EXPRESSION, SingleCellAdapter, Survey, padded
@@ -105,22 +106,22 @@ class GeneformerAdapter(SingleCellAdapter):
         if version is None:
             version = "V2" if has_special else "V1"
         if version not in CONTEXT:
-            raise ValueError(f"version={version!r}: expected 'V1' or 'V2'")
+            raise InputError(f"version={version!r}: expected 'V1' or 'V2'")
         if version == "V2" and not has_special:
-            raise ValueError("version='V2' needs <cls> and <eos> in the token dictionary (V2 dictionaries "
+            raise InputError("version='V2' needs <cls> and <eos> in the token dictionary (V2 dictionaries "
                              "are the gc104M ones); this dictionary has neither: use version='V1'")
         if version == "V1" and has_special:
             log.warning("the token dictionary has <cls>/<eos> but version='V1': Geneformer V2 models "
                         "expect them (as Geneformer's own tokenizer warns)")
         if "<pad>" not in self.token_dict:
-            raise ValueError("token_dictionary has no <pad> token")
+            raise InputError("token_dictionary has no <pad> token")
         self.version, self.has_cls = version, version == "V2"
         if expression not in EXPRESSION:
-            raise ValueError(f"expression={expression!r}: expected one of {EXPRESSION}")
+            raise InputError(f"expression={expression!r}: expected one of {EXPRESSION}")
         self.expression, self.n_counts_key = expression, n_counts_key
         bad = [g for g, m in medians.items() if not (np.isfinite(m) and m > 0)]
         if bad:
-            raise ValueError(f"gene_median: {len(bad)} genes have a non-positive median (first: {bad[:3]})")
+            raise InputError(f"gene_median: {len(bad)} genes have a non-positive median (first: {bad[:3]})")
         genes = [g for g in self.token_dict if g not in SPECIAL]
         self.medians = {g: medians[g] for g in genes if g in medians}
         if len(self.medians) < len(genes):
@@ -130,12 +131,12 @@ class GeneformerAdapter(SingleCellAdapter):
         cfg = self._model.config
         top = max(self.token_dict.values())
         if top >= cfg.vocab_size:
-            raise ValueError(f"token_dictionary has token ids up to {top} but the model in {model_dir} has a "
+            raise InputError(f"token_dictionary has token ids up to {top} but the model in {model_dir} has a "
                              f"vocabulary of {cfg.vocab_size}: the dictionary does not belong to this model")
         limit = min(CONTEXT[version], cfg.max_position_embeddings)
         self.context = int(model_input_size or limit)
         if not 2 < self.context <= cfg.max_position_embeddings:
-            raise ValueError(f"model_input_size={model_input_size}: the model takes at most "
+            raise InputError(f"model_input_size={model_input_size}: the model takes at most "
                              f"{cfg.max_position_embeddings} tokens")
         self.run_head = run_head
         self.model_name = f"geneformer:{model_dir.name}"
@@ -153,16 +154,16 @@ class GeneformerAdapter(SingleCellAdapter):
     def _check_expression(self, s: Survey, where: str) -> None:
         kind = s.kind
         if kind == "scaled":
-            raise ValueError(f"{where} holds scaled values ({s.evidence()}): Geneformer ranks counts and "
+            raise InputError(f"{where} holds scaled values ({s.evidence()}): Geneformer ranks counts and "
                              "cannot use centred/scaled data; pass layer= naming the counts layer, or use_raw=True")
         if self.expression == "counts" and kind != "counts":
-            raise ValueError(
+            raise InputError(
                 f"{where} does not hold raw counts: it looks {kind} ({s.evidence()}). Geneformer normalises "
                 "counts by total counts and gene medians, so log values give wrong ranks. Pass layer= (or "
                 "use_raw=True) if the counts are stored there, expression='log1p' for log1p of per-cell-"
                 "normalised counts, or expression='normalized' for per-cell-normalised linear values")
         if self.expression == "log1p" and kind == "counts" and s.max_value > 30:
-            raise ValueError(f"{where} looks like raw counts ({s.evidence()}), not log1p values; use expression='counts'")
+            raise InputError(f"{where} looks like raw counts ({s.evidence()}), not log1p values; use expression='counts'")
 
     def dataset(self, data):
         ds = super().dataset(data)
@@ -178,7 +179,7 @@ class GeneformerAdapter(SingleCellAdapter):
             bad = ~(given >= self.totals * (1 - 1e-6)) | ~(given > 0)
             low = ds.cells[bad[ds.cells]]  # cells dropped as empty do not count
             if len(low):
-                raise ValueError(
+                raise InputError(
                     f"{self.source.where}: obs[{self.n_counts_key!r}] is below the cell's own counts in "
                     f"{self.source.matrix_name} for {len(low)} cells (first: {self.meta['cell_id'].iloc[low[:3]].tolist()}); "
                     "it must be each cell's total counts (pass n_counts_key=None to use the row sums)")

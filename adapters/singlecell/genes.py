@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from bioviz.errors import InputError
+
 from .dicts import load_mapping
 
 log = logging.getLogger(__name__)
@@ -75,11 +77,11 @@ def map_genes(identifiers, vocabulary, *, gene_map=None, upper: bool = False, wh
     Geneformer's tokenizer lays out its deduplicated matrix (this decides ties in ranking).
     """
     if duplicate_genes not in ("error", "sum"):
-        raise ValueError(f"duplicate_genes={duplicate_genes!r}: expected 'error' or 'sum'")
+        raise InputError(f"duplicate_genes={duplicate_genes!r}: expected 'error' or 'sum'")
     ids = pd.Index([str(g) for g in identifiers])
     dup = ids[ids.duplicated()].unique()
     if len(dup) and duplicate_genes == "error":
-        raise ValueError(
+        raise InputError(
             f"{where}: {len(dup)} gene identifiers occur more than once (first: {list(dup[:5])}); "
             "make them unique, or pass duplicate_genes='sum' to add up their counts"
         )
@@ -96,7 +98,7 @@ def map_genes(identifiers, vocabulary, *, gene_map=None, upper: bool = False, wh
         hint = ("; are these symbols where the model wants Ensembl IDs (or the reverse)? pass "
                 "gene_map= (a table from your identifiers to the model's) or gene_key= (the var "
                 "column holding the right identifiers)")
-        raise ValueError(
+        raise InputError(
             f"{where}: only {mapped.sum()} of {len(ids)} genes ({frac:.0%}) map to the model's "
             f"vocabulary of {len(vocab)} genes (need at least {min_mapped_fraction:.0%}); "
             f"unmapped examples: {unmapped[:5]}{hint}"

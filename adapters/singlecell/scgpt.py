@@ -34,6 +34,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from bioviz.errors import InputError
+
 from .adapter import SingleCellAdapter, Survey, padded
 from .dicts import load_mapping
 
@@ -107,7 +109,7 @@ class ScGPTModel(nn.Module):
                  n_input_bins: int | None = None, pad_value: float = -2):
         super().__init__()
         if input_emb_style not in ("continuous", "category"):
-            raise ValueError(f"input_emb_style={input_emb_style!r}: bioviz supports 'continuous' and 'category'")
+            raise InputError(f"input_emb_style={input_emb_style!r}: bioviz supports 'continuous' and 'category'")
         self.encoder = GeneEncoder(ntoken, d_model, padding_idx)
         if input_emb_style == "continuous":
             self.value_encoder = ContinuousValueEncoder(d_model, dropout)
@@ -136,10 +138,10 @@ class ScGPTModel(nn.Module):
             if tok not in vocab:
                 vocab[tok] = max(vocab.values()) + 1
         if args.get("pre_norm"):
-            raise ValueError(f"{model_dir}/args.json: pre_norm=true models are not supported")
+            raise InputError(f"{model_dir}/args.json: pre_norm=true models are not supported")
         missing = [k for k in ("embsize", "nheads", "d_hid", "nlayers") if k not in args]
         if missing:
-            raise ValueError(f"{model_dir}/args.json lacks {missing}")
+            raise InputError(f"{model_dir}/args.json lacks {missing}")
         pad_token = args.get("pad_token", "<pad>")
         model = cls(len(vocab), args["embsize"], args["nheads"], args["d_hid"], args["nlayers"],
                     dropout=float(args.get("dropout", 0.0)), padding_idx=vocab[pad_token],
@@ -158,9 +160,9 @@ class ScGPTModel(nn.Module):
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # pickled objects beyond tensors are refused on purpose
-                raise ValueError(f"{path}: not a plain state dict loadable with weights_only=True ({e})") from None
+                raise InputError(f"{path}: not a plain state dict loadable with weights_only=True ({e})") from None
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+            raise InputError(f"{path}: expected a state dict, found {type(state).__name__}")
         # flash-attention checkpoints name the fused projection Wqkv (as scGPT's load_pretrained maps)
         state = {k.replace("self_attn.Wqkv.", "self_attn.in_proj_"): v for k, v in state.items()}
         own = self.state_dict()
@@ -168,7 +170,7 @@ class ScGPTModel(nn.Module):
         wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
                  if k in state and state[k].shape != v.shape]
         if missing or wrong:
-            raise ValueError(f"{path} does not fit this scGPT configuration: missing {missing[:3]}, "
+            raise InputError(f"{path} does not fit this scGPT configuration: missing {missing[:3]}, "
                              f"wrong shape {wrong[:3]} (check args.json and vocab.json)")
         unused = sorted(k for k in state if k not in own)
         if unused:
@@ -196,7 +198,7 @@ class ScGPTAdapter(SingleCellAdapter):
         self.pad_token = self.args.get("pad_token", "<pad>")
         self.pad_value = float(self.args.get("pad_value", -2))
         if int(max_length) < 2:
-            raise ValueError(f"max_length={max_length}: expected at least 2 (<cls> and one gene)")
+            raise InputError(f"max_length={max_length}: expected at least 2 (<cls> and one gene)")
         self.max_length, self.seed = int(max_length), int(seed)
         super().__init__(pooling=pooling, **kwargs)
         self.model_name = f"scgpt:{self.model_dir.name}"
@@ -210,7 +212,7 @@ class ScGPTAdapter(SingleCellAdapter):
 
     def _check_expression(self, s: Survey, where: str) -> None:
         if s.kind == "scaled":
-            raise ValueError(f"{where} holds negative values ({s.evidence()}): scGPT bins non-negative "
+            raise InputError(f"{where} holds negative values ({s.evidence()}): scGPT bins non-negative "
                              "expression; pass layer= naming counts or log-normalised data")
 
     def dataset(self, data):

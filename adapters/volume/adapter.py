@@ -38,6 +38,7 @@ from torch import nn
 
 from bioviz.adapter import Adapter, Batch, Run
 from bioviz.checksum import digest, file_checksum
+from bioviz.errors import InputError
 from bioviz.hooks import hooked, resolve_layers
 
 from .cohort import Cohort
@@ -137,9 +138,9 @@ class VolumeAdapter(Adapter):
             Name recorded in the store's manifest (default: the bundle folder's name).
         """
         if layout not in LAYOUTS:
-            raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+            raise InputError(f"layout={layout!r}: expected one of {LAYOUTS}")
         if on_bad_scan not in ON_BAD:
-            raise ValueError(f"on_bad_scan={on_bad_scan!r}: expected one of {ON_BAD}")
+            raise InputError(f"on_bad_scan={on_bad_scan!r}: expected one of {ON_BAD}")
         inferer = {}
         if bundle is not None:
             b = read_bundle(bundle)
@@ -149,7 +150,7 @@ class VolumeAdapter(Adapter):
             inferer = b.inferer
             model_name = model_name or Path(bundle).name
         if network is None:
-            raise ValueError("network: give a MONAI network config, an nn.Module, or bundle=")
+            raise InputError("network: give a MONAI network config, an nn.Module, or bundle=")
         self._model = build_network(network).eval()
         self.weights_report = None
         if weights is not None:
@@ -165,18 +166,18 @@ class VolumeAdapter(Adapter):
         if roi_size is not None:
             roi = tuple(int(v) for v in ([roi_size] * 3 if isinstance(roi_size, int) else roi_size))
             if len(roi) != 3 or any(r < 1 or r % self.divisor for r in roi):
-                raise ValueError(f"roi_size={roi_size!r}: expected 3 sides, each a multiple of divisor={self.divisor}")
+                raise InputError(f"roi_size={roi_size!r}: expected 3 sides, each a multiple of divisor={self.divisor}")
             blend = blend or inferer.get("mode", "constant")
             if blend not in BLEND:
-                raise ValueError(f"blend={blend!r}: expected one of {BLEND}")
+                raise InputError(f"blend={blend!r}: expected one of {BLEND}")
             overlap = float(overlap if overlap is not None else inferer.get("overlap", 0.25))
             if not 0 <= overlap < 1:
-                raise ValueError(f"overlap={overlap}: expected 0 <= overlap < 1")
+                raise InputError(f"overlap={overlap}: expected 0 <= overlap < 1")
             self.windows = WindowSpec(roi, overlap, blend, float(sigma_scale),
                                       int(inferer.get("sw_batch_size", sw_batch_size)))
         self.patch = tuple(int(v) for v in ([patch] * 3 if isinstance(patch, int) else patch))
         if len(self.patch) != 3 or min(self.patch) < 1:
-            raise ValueError(f"patch={patch!r}: expected a positive int or 3 positive ints")
+            raise InputError(f"patch={patch!r}: expected a positive int or 3 positive ints")
         self.layout, self.on_bad_scan = layout, on_bad_scan
         self.allow_outside, self.image_col, self.mask_col = allow_outside, image_col, mask_col
         self.cohort: Cohort | None = None
@@ -268,7 +269,7 @@ class VolumeAdapter(Adapter):
         if isinstance(output, list):  # scans run one by one: their outputs, skipped ones left out
             kept = [super(VolumeAdapter, self).logits(o) for o in output if o is not None]
             if not kept:
-                raise ValueError("no model output to score: every scan of the batch was skipped, or the "
+                raise InputError("no model output to score: every scan of the batch was skipped, or the "
                                  "network's output is not a spatial map that sliding windows can stitch "
                                  "(run it without roi_size)")
             return torch.cat(kept)
@@ -346,12 +347,12 @@ class VolumeAdapter(Adapter):
         if act.ndim == 3:
             act = tokens_to_grid(act, info.padded, self.model, layer)
         if act.ndim != 5:
-            raise ValueError(f"layer {layer!r} gives shape {tuple(act.shape)}; the volume adapter needs a "
+            raise InputError(f"layer {layer!r} gives shape {tuple(act.shape)}; the volume adapter needs a "
                              "spatial map [batch, channels, x, y, z] or ViT tokens")
         stride = []
         for p, n in zip(info.padded, act.shape[2:]):
             if p % n:
-                raise ValueError(f"layer {layer!r}: a {info.padded} input gives a {tuple(act.shape[2:])} grid, "
+                raise InputError(f"layer {layer!r}: a {info.padded} input gives a {tuple(act.shape[2:])} grid, "
                                  "not a whole number of voxels per cell; set divisor= to the network's stride")
             stride.append(p // n)
         if max(self.patch) > 1:

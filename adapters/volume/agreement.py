@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bioviz.errors import InputError
+
 
 def map_agreement(feature_map, mask, *, within=None, threshold: float | None = None) -> dict:
     """Compare a map with a mask (nibabel images on one grid, or arrays of one shape).
@@ -20,19 +22,19 @@ def map_agreement(feature_map, mask, *, within=None, threshold: float | None = N
     m, affine = _array(feature_map, "feature_map")
     k, k_aff = _array(mask, "mask")
     if m.shape != k.shape:
-        raise ValueError(f"mask shape {k.shape} differs from the map's {m.shape}; resample onto one grid first")
+        raise InputError(f"mask shape {k.shape} differs from the map's {m.shape}; resample onto one grid first")
     if affine is not None and k_aff is not None and not np.allclose(affine, k_aff, atol=1e-3):
-        raise ValueError("mask affine differs from the map's; they must be on one grid")
+        raise InputError("mask affine differs from the map's; they must be on one grid")
     region = np.ones(m.shape, bool) if within is None else _array(within, "within")[0] > 0
     if region.shape != m.shape:
-        raise ValueError(f"within shape {region.shape} differs from the map's {m.shape}")
+        raise InputError(f"within shape {region.shape} differs from the map's {m.shape}")
     region &= np.isfinite(m)
     truth = (k > 0) & region
     n_pos, n = int(truth.sum()), int(region.sum())
     if n_pos == 0:
-        raise ValueError("the mask has no voxels inside the scored region")
+        raise InputError("the mask has no voxels inside the scored region")
     if n_pos == n:
-        raise ValueError("the mask covers the whole scored region; AUROC needs voxels outside it")
+        raise InputError("the mask covers the whole scored region; AUROC needs voxels outside it")
     vals, lab = m[region], truth[region]
     ranks = rankdata(vals)
     auroc = (ranks[lab].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
@@ -60,5 +62,5 @@ def _array(x, what):
         return np.asarray(x.dataobj, dtype=np.float64), np.asarray(x.affine, np.float64)
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 3:
-        raise ValueError(f"{what}: expected a 3D array or image, got shape {arr.shape}")
+        raise InputError(f"{what}: expected a 3D array or image, got shape {arr.shape}")
     return arr, None

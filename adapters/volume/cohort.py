@@ -83,7 +83,7 @@ class Cohort:
         exist, listing every such row; ``skip`` drops those rows and logs how many.
         """
         if on_missing not in ON_MISSING:
-            raise ValueError(f"on_missing={on_missing!r}: expected one of {ON_MISSING}")
+            raise InputError(f"on_missing={on_missing!r}: expected one of {ON_MISSING}")
         if isinstance(manifest, pd.DataFrame):
             table, source = manifest.copy(), "<DataFrame>"
             base = Path(root) if root is not None else Path.cwd()

@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from bioviz.errors import InputError
+
 INTERPOLATION = ("linear", "nearest")
 
 
@@ -20,22 +22,22 @@ def rows_to_grid(values, obs: pd.DataFrame, sample_id: str) -> tuple[np.ndarray,
     """One scan's rows → (cell grid indices [n, 3], stride per axis [3], values [n])."""
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     if len(values) != len(obs):
-        raise ValueError(f"values has {len(values)} entries but obs has {len(obs)} rows; pass "
+        raise InputError(f"values has {len(values)} entries but obs has {len(obs)} rows; pass "
                          "values aligned with obs (one per activation row)")
     missing = [c for c in ("sample_id", "grid_i", "voxel_i") if c not in obs]
     if missing:
-        raise ValueError(f"obs lacks columns {missing}; it must come from a store written by the volume adapter")
+        raise InputError(f"obs lacks columns {missing}; it must come from a store written by the volume adapter")
     sel = (obs["sample_id"].astype(str) == str(sample_id)).to_numpy()
     if not sel.any():
         raise KeyError(f"no rows for sample_id {sample_id!r} in obs")
     grid = obs.loc[sel, ["grid_i", "grid_j", "grid_k"]].to_numpy(np.int64)
     if (grid < 0).any():
-        raise ValueError(f"rows of {sample_id!r} are pooled per scan (layout='scan'); they have no map")
+        raise InputError(f"rows of {sample_id!r} are pooled per scan (layout='scan'); they have no map")
     voxel = obs.loc[sel, ["voxel_i", "voxel_j", "voxel_k"]].to_numpy(np.float64)
     # a cell's centre is g*s + (s - 1)/2, so s = (2v + 1) / (2g + 1) from any row
     stride = np.rint((2 * voxel[0] + 1) / (2 * grid[0] + 1)).astype(np.int64)
     if not np.allclose(grid * stride + (stride - 1) / 2, voxel, atol=1e-2):
-        raise ValueError(f"rows of {sample_id!r} do not lie on one regular grid; were rows of several "
+        raise InputError(f"rows of {sample_id!r} do not lie on one regular grid; were rows of several "
                          "layers or patch sizes mixed?")
     return grid, stride, values[sel]
 
@@ -44,10 +46,10 @@ def to_preprocessed(grid, stride, values, shape, interpolation: str = "linear") 
     """Cell values → a [X, Y, Z] volume on the preprocessed grid of ``shape`` (cells not in
     the rows stay 0). Linear interpolation puts each value at its cell's centre."""
     if interpolation not in INTERPOLATION:
-        raise ValueError(f"interpolation={interpolation!r}: expected one of {INTERPOLATION}")
+        raise InputError(f"interpolation={interpolation!r}: expected one of {INTERPOLATION}")
     n = [math.ceil(s / k) for s, k in zip(shape, stride)]
     if (grid >= np.array(n)).any():
-        raise ValueError(f"rows reach cell {grid.max(0).tolist()} but the scan's grid has {n} cells; "
+        raise InputError(f"rows reach cell {grid.max(0).tolist()} but the scan's grid has {n} cells; "
                          "the rows were made with other preprocessing")
     cells = torch.zeros(n, dtype=torch.float32)
     cells[tuple(torch.as_tensor(grid.T))] = torch.as_tensor(values)
@@ -71,7 +73,7 @@ def _to_original(adapter, values, obs, sample_id, data, interpolation):
 
     cohort = adapter.read_cohort(data) if data is not None else adapter.cohort
     if cohort is None:
-        raise ValueError("the adapter has no cohort yet; pass data= (the manifest the rows came from)")
+        raise InputError("the adapter has no cohort yet; pass data= (the manifest the rows came from)")
     grid, stride, vals = rows_to_grid(values, obs, sample_id)
     scan = cohort.find(sample_id)
     pp = adapter.prepare_scan(scan)
@@ -102,7 +104,7 @@ def write_map(adapter, values, obs, sample_id, path, *, data=None, montage=True,
 
     path = Path(path)
     if not path.name.endswith((".nii", ".nii.gz")):
-        raise ValueError(f"{path}: a map is written as NIfTI; end the name with .nii or .nii.gz")
+        raise InputError(f"{path}: a map is written as NIfTI; end the name with .nii or .nii.gz")
     img, pp, scan = _to_original(adapter, values, obs, sample_id, data, interpolation)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))

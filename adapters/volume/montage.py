@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bioviz.errors import InputError
+
 
 def montage(anatomy, overlay, path, *, mask=None, title: str = "", threshold: float | None = None,
             dpi: int = 110) -> Path:
@@ -19,7 +21,7 @@ def montage(anatomy, overlay, path, *, mask=None, title: str = "", threshold: fl
     anat_c = nib.as_closest_canonical(anatomy)
     over_c = nib.as_closest_canonical(overlay)
     if anat_c.shape[:3] != over_c.shape[:3]:
-        raise ValueError(f"overlay grid {over_c.shape} differs from the anatomy grid {anat_c.shape}")
+        raise InputError(f"overlay grid {over_c.shape} differs from the anatomy grid {anat_c.shape}")
     a = np.asarray(anat_c.dataobj, dtype=np.float32)
     m = np.nan_to_num(np.asarray(over_c.dataobj, dtype=np.float32), nan=-np.inf)
     k = np.asarray(nib.as_closest_canonical(mask).dataobj) > 0 if mask is not None else None

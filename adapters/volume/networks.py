@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bioviz.errors import InputError
+
 from ..weights import STRIP_PREFIXES, WeightsError, WeightsReport, load_weights  # noqa: F401
 
 
@@ -34,16 +36,16 @@ def build_network(spec) -> nn.Module:
         elif "name" in spec:
             name, args = spec["name"], dict(spec.get("args") or {})
         else:
-            raise ValueError(f"network: no 'class_path', '_target_' or 'name' in {spec!r}")
+            raise InputError(f"network: no 'class_path', '_target_' or 'name' in {spec!r}")
     else:
         raise TypeError(f"network: expected an nn.Module, a class name or a dict, got {type(spec).__name__}")
     cls = _network_class(str(name))
     try:
         model = cls(**args)
     except (TypeError, ValueError, AssertionError) as e:  # bad or inconsistent arguments
-        raise ValueError(f"network {name}: {e}") from None
+        raise InputError(f"network {name}: {e}") from None
     if not isinstance(model, nn.Module):
-        raise ValueError(f"network {name!r} built a {type(model).__name__}, not a torch module")
+        raise InputError(f"network {name!r} built a {type(model).__name__}, not a torch module")
     return model
 
 
@@ -53,7 +55,7 @@ def _network_class(name: str):
     short = name.removeprefix("monai.networks.nets.")
     cls = getattr(nets, short, None) if "." not in short else None
     if cls is None or not callable(cls):
-        raise ValueError(f"network {name!r} is not a class in monai.networks.nets; pass an nn.Module "
+        raise InputError(f"network {name!r} is not a class in monai.networks.nets; pass an nn.Module "
                          "instance for other models")
     return cls
 
@@ -89,12 +91,12 @@ def read_bundle(path) -> Bundle:
 
             cfg = yaml.safe_load(cfg_path.read_text())
     except (json.JSONDecodeError, ValueError) as e:
-        raise ValueError(f"{cfg_path}: not valid {cfg_path.suffix[1:].upper()} ({e})") from None
+        raise InputError(f"{cfg_path}: not valid {cfg_path.suffix[1:].upper()} ({e})") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path}: expected a mapping at the top level")
+        raise InputError(f"{cfg_path}: expected a mapping at the top level")
     net = cfg.get("network_def")
     if not isinstance(net, dict) or "_target_" not in net:
-        raise ValueError(f"{cfg_path}: no 'network_def' with a '_target_' to build the network from")
+        raise InputError(f"{cfg_path}: no 'network_def' with a '_target_' to build the network from")
     weights = next((path / "models" / n for n in ("model.safetensors", "model.pt")
                     if (path / "models" / n).is_file()), None)
     if weights is None:
@@ -120,7 +122,7 @@ class _Resolver:
 
     def __call__(self, value, key: str, depth: int = 0):
         if depth > 20:
-            raise ValueError(f"{self.where}: references nest too deeply at {key!r}")
+            raise InputError(f"{self.where}: references nest too deeply at {key!r}")
         if isinstance(value, dict):
             return {k: self(v, f"{key}.{k}", depth + 1) for k, v in value.items()}
         if isinstance(value, list):
@@ -134,13 +136,13 @@ class _Resolver:
                 elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
                     node = node[int(part)]
                 else:
-                    raise ValueError(f"{self.where}: {key} refers to {value!r}, which the config does not define")
+                    raise InputError(f"{self.where}: {key} refers to {value!r}, which the config does not define")
             return self(node, ref, depth + 1)
         if isinstance(value, str) and value.startswith("$"):
             try:
                 return ast.literal_eval(value[1:])
             except (ValueError, SyntaxError):
-                raise ValueError(f"{self.where}: {key} is the expression {value!r}; only literal values "
+                raise InputError(f"{self.where}: {key} is the expression {value!r}; only literal values "
                                  "are read from bundle configs (replace it with its value)") from None
         return value
 
@@ -214,13 +216,13 @@ def tokens_to_grid(act: torch.Tensor, input_shape, model: nn.Module, layer: str)
     """[B, T, C] tokens of a ViT layer → [B, C, *grid]; a class token (T = grid + 1) is dropped."""
     p = patch_size(model)
     if p is None:
-        raise ValueError(f"layer {layer!r} gives tokens {tuple(act.shape)} but the network has no "
+        raise InputError(f"layer {layer!r} gives tokens {tuple(act.shape)} but the network has no "
                          "patch embedding to lay them on a grid; hook a spatial layer")
     grid = [s // p for s in input_shape]
     n = math.prod(grid)
     if act.shape[1] == n + 1:
         act = act[:, 1:]
     elif act.shape[1] != n:
-        raise ValueError(f"layer {layer!r} gives {act.shape[1]} tokens; a {tuple(input_shape)} input "
+        raise InputError(f"layer {layer!r} gives {act.shape[1]} tokens; a {tuple(input_shape)} input "
                          f"with {p}-voxel patches has {n}")
     return act.transpose(1, 2).reshape(act.shape[0], act.shape[2], *grid)

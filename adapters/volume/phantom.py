@@ -74,11 +74,11 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
     """
     out = Path(out_dir)
     if not 0 < positive_fraction < 1:
-        raise ValueError(f"positive_fraction={positive_fraction}: expected a value in (0, 1)")
+        raise InputError(f"positive_fraction={positive_fraction}: expected a value in (0, 1)")
     if int(n_subjects) < 2:
-        raise ValueError(f"n_subjects={n_subjects}: expected at least 2")
+        raise InputError(f"n_subjects={n_subjects}: expected at least 2")
     if voxel_mm <= 0 or lesion_radius_mm <= 0:
-        raise ValueError("voxel_mm and lesion_radius_mm must be positive")
+        raise InputError("voxel_mm and lesion_radius_mm must be positive")
     manifest = out / "manifest.csv"
     if out.exists() and not out.is_dir():
         raise CohortFolderError(f"{out} is a file; make_brain_cohort writes a folder")
@@ -146,7 +146,7 @@ def _write_cohort(out, manifest, n_subjects, seed, voxel_mm, positive_fraction, 
     affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
     affine[:3, 3] = t_aff[:3, 3]
     if not _inside(b_data, t_aff, lesion_centre_mm):
-        raise ValueError(f"lesion_centre_mm={tuple(lesion_centre_mm)} is outside the MNI brain mask")
+        raise InputError(f"lesion_centre_mm={tuple(lesion_centre_mm)} is outside the MNI brain mask")
     # the marker first, so that a run stopped half-way can be replaced (rewritten in full last)
     (out / "cohort.json").write_text(json.dumps({"generator": GENERATOR, "complete": False}))
     (out / "images").mkdir(exist_ok=True)

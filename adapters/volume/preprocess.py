@@ -190,7 +190,7 @@ def invert(chain, image_pp, values: torch.Tensor):
     from monai.transforms import Invertd
 
     if tuple(values.shape) != tuple(image_pp.shape[1:]):
-        raise ValueError(f"map shape {tuple(values.shape)} is not the preprocessed grid {tuple(image_pp.shape[1:])}")
+        raise InputError(f"map shape {tuple(values.shape)} is not the preprocessed grid {tuple(image_pp.shape[1:])}")
     m = MetaTensor(values[None].float(), meta=dict(image_pp.meta),
                    applied_operations=copy.deepcopy(image_pp.applied_operations))
     inv = Invertd(keys="map", transform=chain, orig_keys="image", nearest_interp=False)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bioviz.errors import InputError
 from bioviz.hooks import hooked
 
 from .networks import tokens_to_grid
@@ -61,7 +62,7 @@ def stitch(model, x: torch.Tensor, layers: list[str], spec: WindowSpec, divisor:
     size = tuple(x.shape[2:])
     roi = tuple(int(r) for r in spec.roi)
     if any(r % divisor for r in roi) or any(s % divisor for s in size):
-        raise ValueError(f"roi_size {roi} and the padded volume {size} must be multiples of {divisor}")
+        raise InputError(f"roi_size {roi} and the padded volume {size} must be multiples of {divisor}")
     interval = scan_interval(size, roi, spec.overlap, divisor)
     slices = dense_patch_slices(size, roi, interval)
     weight = compute_importance_map(roi, mode=spec.mode, sigma_scale=spec.sigma_scale,
@@ -92,7 +93,7 @@ def stitch(model, x: torch.Tensor, layers: list[str], spec: WindowSpec, divisor:
             for k, sl in enumerate(group):
                 starts = [int(s.start) for s in sl]
                 if any(st % k_ for st, k_ in zip(starts, stride)):
-                    raise ValueError(f"layer {name!r} (stride {stride}) cannot be stitched: a window starts "
+                    raise InputError(f"layer {name!r} (stride {stride}) cannot be stitched: a window starts "
                                      f"at {starts}; use a divisor that is a multiple of {stride}")
                 cell = tuple(slice(st // k_, st // k_ + n) for st, k_, n in zip(starts, stride, act.shape[2:]))
                 acc[name][(slice(None), slice(None), *cell)] += act[k:k + 1].float() * w
@@ -105,12 +106,12 @@ def stitch(model, x: torch.Tensor, layers: list[str], spec: WindowSpec, divisor:
 
 def _stride(act: torch.Tensor, roi, name: str) -> tuple[int, ...]:
     if act.ndim != 2 + len(roi):
-        raise ValueError(f"layer {name!r} gives shape {tuple(act.shape)}; a spatial map "
+        raise InputError(f"layer {name!r} gives shape {tuple(act.shape)}; a spatial map "
                          f"[batch, channels, {len(roi)} axes] is needed to lay rows on the scan")
     stride = []
     for r, n in zip(roi, act.shape[2:]):
         if r % n:
-            raise ValueError(f"layer {name!r}: a {roi} window gives a {tuple(act.shape[2:])} grid, "
+            raise InputError(f"layer {name!r}: a {roi} window gives a {tuple(act.shape[2:])} grid, "
                              "not a whole number of voxels per cell")
         stride.append(r // n)
     return tuple(stride)

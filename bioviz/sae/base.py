@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .config import SAEConfig
 from .io import save_sae
 from .registry import ARCHITECTURES, register
@@ -162,7 +163,7 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         config = copy.deepcopy(config).validate()  # our own copy: fitted scalars go into it
         if config.architecture != self.architecture:
-            raise ValueError(
+            raise InputError(
                 f"{type(self).__name__} is the {self.architecture!r} architecture but the "
                 f"config says architecture={config.architecture!r}; use build_sae(config)"
             )
@@ -205,7 +206,7 @@ class SparseAutoencoder(nn.Module):
     def _as_input(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x)
         if x.ndim != 2 or x.shape[1] != self.d_in:
-            raise ValueError(
+            raise InputError(
                 f"{self.architecture} SAE expects inputs of shape [n, d_in={self.d_in}], "
                 f"got {tuple(x.shape)}"
             )
@@ -329,7 +330,7 @@ class SparseAutoencoder(nn.Module):
             total += float(xb.norm(dim=1).sum())
             count += xb.shape[0]
         if count == 0 or total <= 0:
-            raise ValueError("fit_normalisation: no rows, or all rows are zero")
+            raise InputError("fit_normalisation: no rows, or all rows are zero")
         scale = math.sqrt(self.d_in) / (total / count)
         self.norm_scale.fill_(scale)
         self.cfg.normalisation_scale = float(self.norm_scale)
@@ -354,7 +355,7 @@ class SparseAutoencoder(nn.Module):
         elif method == "zeros":
             self.b_dec.zero_()
         else:
-            raise ValueError(f"method={method!r}: use 'geometric_median', 'mean' or 'zeros'")
+            raise InputError(f"method={method!r}: use 'geometric_median', 'mean' or 'zeros'")
         return self
 
     # -- decoder geometry ------------------------------------------------------------

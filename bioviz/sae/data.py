@@ -7,6 +7,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..store import ActivationStore
 
 
@@ -55,13 +56,13 @@ class ActivationDataModule(L.LightningDataModule):
                  buffer_rows: int = 262_144, seed: int = 0, init_rows: int = 65_536):
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: expected a positive integer")
+            raise InputError(f"batch_size={batch_size}: expected a positive integer")
         self.store_path, self.batch_size, self.buffer_rows = store, int(batch_size), int(buffer_rows)
         self.seed, self.init_rows = int(seed), int(init_rows)
         self.store = ActivationStore(store)
         self.layer = self.store.resolve_layer(layer)
         if self.store.n_batches(self.batch_size, drop_last=True) == 0:
-            raise ValueError(
+            raise InputError(
                 f"batch_size={batch_size} is larger than the {self.store.n_rows} rows of {store}"
             )
 

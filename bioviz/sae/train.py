@@ -172,7 +172,7 @@ class SAEModule(L.LightningModule):
         if sae.d_sae is None and sae.expansion_factor is None:
             sae.expansion_factor = DEFAULT_EXPANSION_FACTOR
         if sae.seed is not None and sae.seed != seed:
-            raise ValueError(f"sae: seed={sae.seed!r} disagrees with the training seed={seed!r}; "
+            raise InputError(f"sae: seed={sae.seed!r} disagrees with the training seed={seed!r}; "
                              "give the seed once, as seed")
         optim = OptimConfig.coerce(optim, "optim").validate()
         sweep = _check_sweep(sweep)
@@ -204,7 +204,7 @@ class SAEModule(L.LightningModule):
         """
         given = self.sae_config
         if given.d_in and given.d_in != d_in:
-            raise ValueError(f"sae: d_in={given.d_in!r} but the training data has d={d_in}")
+            raise InputError(f"sae: d_in={given.d_in!r} but the training data has d={d_in}")
         window = self.optim_config.dead_window_rows
         if window is None and isinstance(given.dead_rows_threshold, int):
             window = min(given.dead_rows_threshold, n_rows)
@@ -289,7 +289,7 @@ class SAEModule(L.LightningModule):
         x, index = batch
         if not torch.isfinite(x).all():
             bad = index[~torch.isfinite(x).all(1)].tolist()
-            raise ValueError(
+            raise InputError(
                 f"NaN/Inf in the training batch at step {self.global_step}: store rows "
                 f"{min(bad)}..{max(bad)} ({len(bad)} rows, e.g. {bad[:5]}); re-extract with "
                 "nonfinite='drop' or fix the layer"

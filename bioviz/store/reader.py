@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
+from ..errors import InputError
 from . import format as fmt
 from .format import StoreError
 
@@ -253,7 +254,7 @@ class ActivationStore:
         layer when ``layer`` is None and there is one; otherwise an error naming the layers."""
         if layer is None:
             if len(self._arrays) != 1:
-                raise ValueError(f"this store has layers {self.layers}; pass layer=")
+                raise InputError(f"this store has layers {self.layers}; pass layer=")
             return next(iter(self._arrays))
         if layer not in self._arrays:
             raise KeyError(f"layer {layer!r} is not in {self.path}; it has {self.layers}")
@@ -303,7 +304,7 @@ class ActivationStore:
         chunks and every rank yields the same number of batches (as DDP needs).
         ``return_index=True`` yields ``(rows, store row indices)``."""
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size}: expected a positive integer")
+            raise InputError(f"batch_size={batch_size}: expected a positive integer")
         name = self.resolve_layer(layer)
         arr = self.array(name)
         chunks = self._chunks()
@@ -314,7 +315,7 @@ class ActivationStore:
         if world_size > 1:
             limit = self._rank_rows(world_size) // batch_size
             if limit <= 0:
-                raise ValueError(
+                raise InputError(
                     f"batch_size={batch_size} is larger than the rows one of {world_size} ranks gets "
                     f"({self._rank_rows(world_size)}); use a smaller batch or fewer ranks"
                 )
