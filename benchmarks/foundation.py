@@ -19,7 +19,7 @@ from pathlib import Path
 JOB = Path(__file__).with_name("foundation_job.py")
 # the figures this group must report (benchmarks/run.py checks)
 KEYS = ("extract_overhead", "extract_peak_rss_ratio_8x", "kill_resume_identical", "kill_resume_sigkills",
-        "kill_resume_missed_kills", "kill_resume_rewritten_files")
+        "kill_resume_missed_kills", "kill_resume_rewritten_files", "kill_resume_stray_files")
 
 
 def _bare_and_extract(tmp: Path) -> tuple[float, float]:
@@ -85,8 +85,9 @@ def _committed_files(store: Path) -> dict[str, tuple[int, int, bytes]]:
         return {}
     n, arrays, files = rec["n_chunks"], store / "activations.zarr", []
     for f in arrays.rglob("*"):
-        rel = f.relative_to(arrays).parts  # (layer, "c", row chunk, column chunk)
-        if f.is_file() and len(rel) == 4 and rel[1] == "c" and int(rel[2]) < n:
+        # (layer, "c", row chunk, column chunk); zarr's temp files (*.partial) are not chunks
+        rel = f.relative_to(arrays).parts
+        if f.is_file() and len(rel) == 4 and rel[1] == "c" and rel[2].isdigit() and rel[3].isdigit() and int(rel[2]) < n:
             files.append(f)
     if len(files) != n * len(rec["layers"]):
         raise RuntimeError(f"{store}: {n} chunks recorded as committed but {len(files)} chunk files")
@@ -126,14 +127,29 @@ def _kill_on_progress(p: subprocess.Popen, store: Path, rows: int, total: int, d
     return rec is not None and 0 < rec["committed_rows"] < total and not (store / "manifest.json").exists()
 
 
+def _commit_interval(p: subprocess.Popen, store: Path) -> float:
+    """Watch a run to its end; the shortest seconds between two of its chunk commits (0 when
+    too fast to see two): a delay drawn below it stays within about one chunk's work."""
+    seen, last = [], None
+    while p.poll() is None:
+        rec = _progress(store)
+        if rec is not None and rec["committed_rows"] and rec["committed_rows"] != last:
+            seen.append(time.perf_counter())
+            last = rec["committed_rows"]
+        time.sleep(0.002)
+    return min((b - a for a, b in zip(seen, seen[1:])), default=0.0)
+
+
 def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> dict:
     """``trials`` stores, each SIGKILLed one to three times while the extraction runs, then
     finished. A kill is made on progress: once ``_progress.json`` shows the trial's next
     target of committed chunks (drawn at random, never the last two full chunks), after a
     random delay within the next chunk's work, and it counts only if it landed inside the
-    extraction (0 < committed rows < total, no manifest). A trial passes when all its kills
-    landed, no resume rewrote a committed chunk's files, and the finished store equals an
-    uninterrupted run's byte for byte; a trial whose kills missed fails (never a vacuous pass)."""
+    extraction (0 < committed rows < total, no manifest); a kill that came too late (the run
+    had finished) is counted as missed and the trial starts again on a fresh store, three
+    times at most. A trial passes when all its kills landed, no resume rewrote a committed
+    chunk's files, and the finished store equals an uninterrupted run's byte for byte; a trial
+    whose kills never all landed fails (never a vacuous pass)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def start(path):
@@ -143,42 +159,53 @@ def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> dict:
         return p
 
     clean = tmp / "clean"
-    p = start(clean)
-    t = time.perf_counter()
-    p.wait()
-    duration = time.perf_counter() - t
+    per_chunk = _commit_interval(start(clean), clean)
     reference = _tree(clean)
     manifest = json.loads((clean / "manifest.json").read_text())
     total, chunk = manifest["n_rows"], manifest["chunk_rows"]
     last = (total - 1) // chunk  # the most chunks committed while the extraction still runs
     if last < 4:
         raise RuntimeError(f"{total} rows in chunks of {chunk}: too few chunks to kill between")
-    per_chunk = duration / manifest["n_chunks"]  # an overestimate: process exit included
     rng = random.Random(0)
-    passed = landed = missed = rewritten = 0
+    passed = landed = missed = rewritten = stray = 0
     for trial in range(trials):
-        path = tmp / f"k{trial}"
         targets = sorted(rng.sample(range(1, last - 1), rng.randint(1, 3)))
-        hits = rewrites = 0
-        for target in targets:
-            done = (_progress(path) or {"n_chunks": 0})["n_chunks"]
-            if (path / "manifest.json").exists() or done >= last - 1:
-                break  # an earlier kill missed and the store got (nearly) finished
+        rewrites, path = 0, None
+        for attempt in range(3):  # a kill that came too late (the run had ended) starts the trial again
+            path = tmp / f"k{trial}_{attempt}"
+            hits = 0
+            for target in targets:
+                done = (_progress(path) or {"n_chunks": 0})["n_chunks"]
+                if (path / "manifest.json").exists() or done >= last - 1:
+                    break  # an earlier kill missed and the store got (nearly) finished
+                before = _committed_files(path)
+                p = start(path)
+                hits += _kill_on_progress(p, path, max(target, done + 1) * chunk, total, rng.uniform(0, per_chunk))
+                rewrites += _rewritten(before, path)
+            landed, missed = landed + hits, missed + len(targets) - hits
+            if hits == len(targets):
+                break
+            shutil.rmtree(path)
+            path = None
+        identical = False
+        if path is not None:  # every kill of the trial landed inside the extraction
             before = _committed_files(path)
-            p = start(path)
-            hits += _kill_on_progress(p, path, max(target, done + 1) * chunk, total, rng.uniform(0, 0.5 * per_chunk))
+            subprocess.run([sys.executable, str(JOB), "extract", str(path), str(n)], check=True,
+                           capture_output=True, env=env)
             rewrites += _rewritten(before, path)
-        before = _committed_files(path)
-        subprocess.run([sys.executable, str(JOB), "extract", str(path), str(n)], check=True,
-                       capture_output=True, env=env)
-        rewrites += _rewritten(before, path)
-        passed += hits == len(targets) and rewrites == 0 and _tree(path) == reference
-        landed, missed, rewritten = landed + hits, missed + len(targets) - hits, rewritten + rewrites
-        shutil.rmtree(path)
+            got = _tree(path)
+            identical = got == reference
+            stray += len(set(got) - set(reference))
+            shutil.rmtree(path)
+        passed += identical and rewrites == 0
+        rewritten += rewrites
     return {"kill_resume_identical": f"{passed}/{trials}",
             "kill_resume_sigkills": landed,  # kills that landed inside the extraction
-            "kill_resume_missed_kills": missed,  # kills that did not (their trials fail)
-            "kill_resume_rewritten_files": rewritten}  # committed chunk files a resume rewrote
+            "kill_resume_missed_kills": missed,  # kills that came too late (their trial is run again)
+            "kill_resume_rewritten_files": rewritten,  # committed chunk files a resume rewrote
+            # files in finished stores that an uninterrupted run does not have (e.g. zarr's
+            # temp files from a write a kill interrupted)
+            "kill_resume_stray_files": stray}
 
 
 def run() -> dict:

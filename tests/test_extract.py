@@ -108,6 +108,23 @@ def test_disk_full_keeps_committed_chunks_and_resumes_identically(tmp_path, monk
     assert tree(tmp_path / "s") == tree(clean.path)
 
 
+def test_resume_removes_a_chunk_write_that_a_kill_cut_short(tmp_path, monkeypatch, tree):
+    """zarr writes a chunk to a temporary ``c/<i>/0.<uuid>.partial`` file and renames it; a
+    SIGKILL between the two leaves that file. The resumed store must not keep it."""
+    clean = _extract(tmp_path / "clean")
+    _fail_on_parquet_write(monkeypatch, after=3, err=OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(StoreError):
+        _extract(tmp_path / "s")
+    monkeypatch.undo()
+    layer_dir = next(p for p in (tmp_path / "s" / "activations.zarr").iterdir() if p.is_dir())
+    stray = layer_dir / "c" / "4" / "0.0123456789abcdef.partial"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"half a chunk")
+    _extract(tmp_path / "s")
+    assert not stray.exists()
+    assert tree(tmp_path / "s") == tree(clean.path)
+
+
 @pytest.mark.parametrize("policy", ["error", "drop"])
 def test_nonfinite_rows_error_or_drop(tmp_path, policy):
     class Sqrt(nn.Module):  # NaN where an input is negative, as a real log/sqrt layer gives
@@ -187,8 +204,9 @@ def _committed_files(store: Path) -> dict[str, tuple[int, int, bytes]]:
         return {}
     n, arrays, out = rec["n_chunks"], store / "activations.zarr", {}
     for f in sorted(arrays.rglob("*")):
-        rel = f.relative_to(arrays).parts  # (layer, "c", row chunk, column chunk)
-        if f.is_file() and len(rel) == 4 and rel[1] == "c" and int(rel[2]) < n:
+        # (layer, "c", row chunk, column chunk); zarr's temp files (*.partial) are not chunks
+        rel = f.relative_to(arrays).parts
+        if f.is_file() and len(rel) == 4 and rel[1] == "c" and rel[2].isdigit() and rel[3].isdigit() and int(rel[2]) < n:
             out[str(f.relative_to(store))] = f
     assert len(out) == n * len(rec["layers"]), f"committed chunk files missing: {sorted(out)}"
     out.update({str(obs_part(store, i).relative_to(store)): obs_part(store, i) for i in range(n)})
@@ -228,6 +246,19 @@ def _kill_on_progress(proc: subprocess.Popen, store: Path, rows: int, total: int
     return rec is not None and 0 < rec["committed_rows"] < total and not (store / "manifest.json").exists()
 
 
+def _commit_interval(proc: subprocess.Popen, store: Path) -> float:
+    """Watch a run to its end; the shortest seconds between two of its chunk commits (0 when
+    too fast to see two): a delay drawn below it stays within about one chunk's work."""
+    seen, last = [], None
+    while proc.poll() is None:
+        rec = _progress(store)
+        if rec is not None and rec["committed_rows"] and rec["committed_rows"] != last:
+            seen.append(time.perf_counter())
+            last = rec["committed_rows"]
+        time.sleep(0.002)
+    return min((b - a for a, b in zip(seen, seen[1:])), default=0.0)
+
+
 MID_RUN_KILLS = 3
 
 
@@ -246,34 +277,38 @@ def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_pat
 
     clean = tmp_path / "clean"
     proc = start(clean)
-    t0 = time.perf_counter()
+    per_chunk = _commit_interval(proc, clean)
     assert proc.wait() == 0
     manifest = json.loads((clean / "manifest.json").read_text())
     total, chunk = manifest["n_rows"], manifest["chunk_rows"]
     last = (total - 1) // chunk  # the most chunks committed while the extraction still runs
     assert last >= 2 * MID_RUN_KILLS, (total, chunk)
-    per_chunk = (time.perf_counter() - t0) / manifest["n_chunks"]  # an overestimate: exit included
     rng = random.Random(0)
-    # kill after these chunks, each at a random moment early in the next chunk's work (its
+    # kill after these chunks, each at a random moment within the next chunk's work (its
     # forward or its commit); never after the last two full chunks, so it cannot race the end
     targets = sorted(rng.sample(range(1, last - 1), MID_RUN_KILLS))
-    s = tmp_path / "s"
-    landed: list[int] = []
-    for _ in range(2 * MID_RUN_KILLS):
+    stores = [tmp_path / f"s{i}" for i in range(3)]  # a fresh one when a kill came too late
+    s, landed, late = stores.pop(0), [], 0
+    for _ in range(3 * MID_RUN_KILLS):
         done = (_progress(s) or {"n_chunks": 0})["n_chunks"]
-        target = next((t for t in targets if t > done), None) or rng.randint(done + 1, last - 2)
+        target = next((t for t in targets if t > done), done + 1)
         before = _committed_files(s)
         proc = start(s)
-        if _kill_on_progress(proc, s, target * chunk, total, rng.uniform(0.0, 0.3 * per_chunk)):
+        if _kill_on_progress(proc, s, target * chunk, total, rng.uniform(0.0, per_chunk)):
             landed.append(_progress(s)["committed_rows"])
-        assert not (s / "manifest.json").exists(), f"the extraction finished before the kill (kills so far: {landed})"
         assert _rewritten(before, s) == [], "a resume rewrote chunks that were committed"
+        if (s / "manifest.json").exists():  # the kill came after the end: start again (not counted)
+            late += 1
+            assert stores, f"{late} kills came after the end of the extraction"
+            s, landed = stores.pop(0), []
         if len(landed) == MID_RUN_KILLS:
             break
-    assert len(landed) == MID_RUN_KILLS, f"only {len(landed)} kills landed inside the extraction: {landed}"
+    assert len(landed) == MID_RUN_KILLS, f"only {len(landed)} kills landed inside the extraction ({late} too late)"
     assert landed == sorted(landed) and len(set(landed)) == MID_RUN_KILLS, landed  # each resume got further
     before = _committed_files(s)
     assert len(before) == 4 * (landed[-1] // chunk)  # 3 layers' chunk files + obs parts
     subprocess.run([sys.executable, str(JOB), str(s), "300"], check=True, env=env, capture_output=True)
     assert _rewritten(before, s) == [], "the last resume rewrote chunks that were committed"
-    assert tree(s) == tree(clean)
+    got, want = tree(s), tree(clean)
+    assert sorted(set(got) - set(want)) == [], "files an uninterrupted run does not leave (from a killed write)"
+    assert got == want
