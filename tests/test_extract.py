@@ -117,11 +117,13 @@ def test_resume_removes_a_chunk_write_that_a_kill_cut_short(tmp_path, monkeypatc
         _extract(tmp_path / "s")
     monkeypatch.undo()
     layer_dir = next(p for p in (tmp_path / "s" / "activations.zarr").iterdir() if p.is_dir())
-    stray = layer_dir / "c" / "4" / "0.0123456789abcdef.partial"
-    stray.parent.mkdir(parents=True, exist_ok=True)
-    stray.write_bytes(b"half a chunk")
+    strays = [layer_dir / "c" / "4" / "0.0123456789abcdef.partial",  # a chunk's temp file
+              layer_dir / "zarr.0123456789abcdef.partial"]  # the array metadata's
+    for stray in strays:
+        stray.parent.mkdir(parents=True, exist_ok=True)
+        stray.write_bytes(b"half written")
     _extract(tmp_path / "s")
-    assert not stray.exists()
+    assert not any(stray.exists() for stray in strays)
     assert tree(tmp_path / "s") == tree(clean.path)
 
 

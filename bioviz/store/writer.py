@@ -163,13 +163,12 @@ class StoreWriter:
             # drop anything a killed run wrote past the last commit
             arr.resize((self.committed_rows, arr.shape[1]))
             self._arrays[name] = arr
-            # a chunk write killed before zarr renamed its temp file leaves that file behind
-            # (``c/<i>/0.<uuid>.partial``): chunk keys are digits only, nothing else belongs
-            chunks = self.path / fmt.ARRAYS / name / "c"
-            if chunks.is_dir():
-                for f in chunks.rglob("*"):
-                    if f.is_file() and not f.name.isdigit():
-                        f.unlink()
+        # zarr writes a chunk or metadata to a temporary ``*.partial`` file and renames it; a
+        # kill between the two leaves that file (``c/<i>/0.<uuid>.partial``,
+        # ``zarr.<uuid>.partial``): it belongs to no commit
+        for f in (self.path / fmt.ARRAYS).rglob("*.partial"):
+            if f.is_file():
+                f.unlink()
         parts = self.path / fmt.OBS_PARTS
         for f in parts.iterdir():
             if not f.name.startswith("part-") or int(f.name[5:11]) >= self.n_chunks or f.suffix != ".parquet":
