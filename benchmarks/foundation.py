@@ -9,12 +9,13 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import kill_resume as kr
 
 JOB = Path(__file__).with_name("foundation_job.py")
 # the figures this group must report (benchmarks/run.py checks)
@@ -66,80 +67,6 @@ def _tree(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def _progress(store: Path) -> dict | None:
-    """``_progress.json`` of a partial store (None when there is none)."""
-    try:
-        return json.loads((store / "_progress.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _committed_files(store: Path) -> dict[str, tuple[int, int, bytes]]:
-    """(inode, mtime_ns, bytes) of every file of the chunks ``_progress.json`` records as
-    committed: zarr chunk files (``activations.zarr/<layer>/c/<chunk>/0``; zarr writes each to
-    a temp file and renames it, so a rewrite shows even with equal bytes) and obs parts."""
-    from bioviz.store.format import obs_part
-
-    rec = _progress(store)
-    if rec is None:
-        return {}
-    n, arrays, files = rec["n_chunks"], store / "activations.zarr", []
-    for f in arrays.rglob("*"):
-        # (layer, "c", row chunk, column chunk); zarr's temp files (*.partial) are not chunks
-        rel = f.relative_to(arrays).parts
-        if f.is_file() and len(rel) == 4 and rel[1] == "c" and rel[2].isdigit() and rel[3].isdigit() and int(rel[2]) < n:
-            files.append(f)
-    if len(files) != n * len(rec["layers"]):
-        raise RuntimeError(f"{store}: {n} chunks recorded as committed but {len(files)} chunk files")
-    files += [obs_part(store, i) for i in range(n)]
-    return {str(f.relative_to(store)): (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) for f in files}
-
-
-def _rewritten(before: dict[str, tuple[int, int, bytes]], store: Path) -> int:
-    """How many files of ``before`` are gone or rewritten (obs parts of a finished store are
-    merged into obs.parquet and removed, as they should be)."""
-    finished = (store / "manifest.json").exists()
-    n = 0
-    for name, (ino, mtime, data) in before.items():
-        f = store / name
-        if finished and name.startswith("_obs"):
-            continue
-        n += not f.exists() or (f.stat().st_ino, f.stat().st_mtime_ns) != (ino, mtime) or f.read_bytes() != data
-    return n
-
-
-def _kill_on_progress(p: subprocess.Popen, store: Path, rows: int, total: int, delay: float) -> bool:
-    """SIGKILL ``p`` ``delay`` s after ``_progress.json`` shows ``rows`` committed rows or more.
-    True when the kill landed inside the extraction: the process died of it and left
-    0 < committed rows < ``total`` and no manifest."""
-    while p.poll() is None:
-        rec = _progress(store)
-        if (store / "manifest.json").exists():
-            break
-        if rec is not None and rec["committed_rows"] >= rows:
-            time.sleep(delay)
-            p.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    if p.wait() != -signal.SIGKILL:
-        return False
-    rec = _progress(store)
-    return rec is not None and 0 < rec["committed_rows"] < total and not (store / "manifest.json").exists()
-
-
-def _commit_interval(p: subprocess.Popen, store: Path) -> float:
-    """Watch a run to its end; the shortest seconds between two of its chunk commits (0 when
-    too fast to see two): a delay drawn below it stays within about one chunk's work."""
-    seen, last = [], None
-    while p.poll() is None:
-        rec = _progress(store)
-        if rec is not None and rec["committed_rows"] and rec["committed_rows"] != last:
-            seen.append(time.perf_counter())
-            last = rec["committed_rows"]
-        time.sleep(0.002)
-    return min((b - a for a, b in zip(seen, seen[1:])), default=0.0)
-
-
 def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> dict:
     """``trials`` stores, each SIGKILLed one to three times while the extraction runs, then
     finished. A kill is made on progress: once ``_progress.json`` shows the trial's next
@@ -159,7 +86,7 @@ def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> dict:
         return p
 
     clean = tmp / "clean"
-    per_chunk = _commit_interval(start(clean), clean)
+    per_chunk = kr.commit_interval(start(clean), clean)
     reference = _tree(clean)
     manifest = json.loads((clean / "manifest.json").read_text())
     total, chunk = manifest["n_rows"], manifest["chunk_rows"]
@@ -175,13 +102,13 @@ def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> dict:
             path = tmp / f"k{trial}_{attempt}"
             hits = 0
             for target in targets:
-                done = (_progress(path) or {"n_chunks": 0})["n_chunks"]
+                done = (kr.progress(path) or {"n_chunks": 0})["n_chunks"]
                 if (path / "manifest.json").exists() or done >= last - 1:
                     break  # an earlier kill missed and the store got (nearly) finished
-                before = _committed_files(path)
+                before = kr.committed_files(path)
                 p = start(path)
-                hits += _kill_on_progress(p, path, max(target, done + 1) * chunk, total, rng.uniform(0, per_chunk))
-                rewrites += _rewritten(before, path)
+                hits += kr.kill_on_progress(p, path, max(target, done + 1) * chunk, total, rng.uniform(0, per_chunk))
+                rewrites += len(kr.rewritten(before, path))
             landed, missed = landed + hits, missed + len(targets) - hits
             if hits == len(targets):
                 break
@@ -189,10 +116,10 @@ def _kill_resume(tmp: Path, trials: int = 10, n: int = 600) -> dict:
             path = None
         identical = False
         if path is not None:  # every kill of the trial landed inside the extraction
-            before = _committed_files(path)
+            before = kr.committed_files(path)
             subprocess.run([sys.executable, str(JOB), "extract", str(path), str(n)], check=True,
                            capture_output=True, env=env)
-            rewrites += _rewritten(before, path)
+            rewrites += len(kr.rewritten(before, path))
             got = _tree(path)
             identical = got == reference
             stray += len(set(got) - set(reference))

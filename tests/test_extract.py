@@ -2,12 +2,12 @@ import errno
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import kill_resume as kr  # noqa: E402  (shared with benchmarks/foundation.py)
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -186,81 +186,6 @@ def test_obs_readable_without_bioviz(tmp_path):
     assert pq.ParquetFile(tmp_path / "s" / "obs.parquet").metadata.num_rows == st.n_rows
 
 
-def _progress(store: Path) -> dict | None:
-    """``_progress.json`` of a partial store (None when there is none or it is mid-replace)."""
-    try:
-        return json.loads((store / "_progress.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _committed_files(store: Path) -> dict[str, tuple[int, int, bytes]]:
-    """The files of every chunk ``_progress.json`` records as committed, each as (inode,
-    mtime_ns, bytes): zarr's chunk files (``activations.zarr/<layer>/c/<chunk>/0``) and the
-    obs parts. zarr writes a chunk to a temp file and renames it, so a rewrite, even with the
-    same bytes, shows as another inode and mtime."""
-    from bioviz.store.format import obs_part
-
-    rec = _progress(store)
-    if rec is None:
-        return {}
-    n, arrays, out = rec["n_chunks"], store / "activations.zarr", {}
-    for f in sorted(arrays.rglob("*")):
-        # (layer, "c", row chunk, column chunk); zarr's temp files (*.partial) are not chunks
-        rel = f.relative_to(arrays).parts
-        if f.is_file() and len(rel) == 4 and rel[1] == "c" and rel[2].isdigit() and rel[3].isdigit() and int(rel[2]) < n:
-            out[str(f.relative_to(store))] = f
-    assert len(out) == n * len(rec["layers"]), f"committed chunk files missing: {sorted(out)}"
-    out.update({str(obs_part(store, i).relative_to(store)): obs_part(store, i) for i in range(n)})
-    return {k: (f.stat().st_ino, f.stat().st_mtime_ns, f.read_bytes()) for k, f in out.items()}
-
-
-def _rewritten(before: dict[str, tuple[int, int, bytes]], store: Path) -> list[str]:
-    """Files of ``before`` that are gone or were rewritten (obs parts may be gone once the
-    store is finished: they are merged into obs.parquet)."""
-    finished = (store / "manifest.json").exists()
-    changed = []
-    for name, (ino, mtime, data) in before.items():
-        f = store / name
-        if finished and name.startswith("_obs"):
-            continue
-        if not f.exists() or (f.stat().st_ino, f.stat().st_mtime_ns) != (ino, mtime) or f.read_bytes() != data:
-            changed.append(name)
-    return changed
-
-
-def _kill_on_progress(proc: subprocess.Popen, store: Path, rows: int, total: int, delay: float) -> bool:
-    """SIGKILL ``proc`` ``delay`` s after ``_progress.json`` shows ``rows`` or more committed
-    rows. True when the kill landed inside the extraction: the process died of it, and it left
-    0 < committed rows < ``total`` and no manifest."""
-    while proc.poll() is None:
-        rec = _progress(store)
-        if (store / "manifest.json").exists():
-            break
-        if rec is not None and rec["committed_rows"] >= rows:
-            time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    if proc.wait() != -signal.SIGKILL:
-        return False
-    rec = _progress(store)
-    return rec is not None and 0 < rec["committed_rows"] < total and not (store / "manifest.json").exists()
-
-
-def _commit_interval(proc: subprocess.Popen, store: Path) -> float:
-    """Watch a run to its end; the shortest seconds between two of its chunk commits (0 when
-    too fast to see two): a delay drawn below it stays within about one chunk's work."""
-    seen, last = [], None
-    while proc.poll() is None:
-        rec = _progress(store)
-        if rec is not None and rec["committed_rows"] and rec["committed_rows"] != last:
-            seen.append(time.perf_counter())
-            last = rec["committed_rows"]
-        time.sleep(0.002)
-    return min((b - a for a, b in zip(seen, seen[1:])), default=0.0)
-
-
 MID_RUN_KILLS = 3
 
 
@@ -279,7 +204,7 @@ def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_pat
 
     clean = tmp_path / "clean"
     proc = start(clean)
-    per_chunk = _commit_interval(proc, clean)
+    per_chunk = kr.commit_interval(proc, clean)
     assert proc.wait() == 0
     manifest = json.loads((clean / "manifest.json").read_text())
     total, chunk = manifest["n_rows"], manifest["chunk_rows"]
@@ -292,13 +217,13 @@ def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_pat
     stores = [tmp_path / f"s{i}" for i in range(3)]  # a fresh one when a kill came too late
     s, landed, late = stores.pop(0), [], 0
     for _ in range(3 * MID_RUN_KILLS):
-        done = (_progress(s) or {"n_chunks": 0})["n_chunks"]
+        done = (kr.progress(s) or {"n_chunks": 0})["n_chunks"]
         target = next((t for t in targets if t > done), done + 1)
-        before = _committed_files(s)
+        before = kr.committed_files(s)
         proc = start(s)
-        if _kill_on_progress(proc, s, target * chunk, total, rng.uniform(0.0, per_chunk)):
-            landed.append(_progress(s)["committed_rows"])
-        assert _rewritten(before, s) == [], "a resume rewrote chunks that were committed"
+        if kr.kill_on_progress(proc, s, target * chunk, total, rng.uniform(0.0, per_chunk)):
+            landed.append(kr.progress(s)["committed_rows"])
+        assert kr.rewritten(before, s) == [], "a resume rewrote chunks that were committed"
         if (s / "manifest.json").exists():  # the kill came after the end: start again (not counted)
             late += 1
             assert stores, f"{late} kills came after the end of the extraction"
@@ -307,10 +232,10 @@ def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_pat
             break
     assert len(landed) == MID_RUN_KILLS, f"only {len(landed)} kills landed inside the extraction ({late} too late)"
     assert landed == sorted(landed) and len(set(landed)) == MID_RUN_KILLS, landed  # each resume got further
-    before = _committed_files(s)
+    before = kr.committed_files(s)
     assert len(before) == 4 * (landed[-1] // chunk)  # 3 layers' chunk files + obs parts
     subprocess.run([sys.executable, str(JOB), str(s), "300"], check=True, env=env, capture_output=True)
-    assert _rewritten(before, s) == [], "the last resume rewrote chunks that were committed"
+    assert kr.rewritten(before, s) == [], "the last resume rewrote chunks that were committed"
     got, want = tree(s), tree(clean)
     assert sorted(set(got) - set(want)) == [], "files an uninterrupted run does not leave (from a killed write)"
     assert got == want
