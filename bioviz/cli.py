@@ -8,6 +8,7 @@ layers     :func:`layers` (reads only the ``adapter`` section of an extract conf
 train      LightningCLI over :class:`~bioviz.sae.train.SAEModule` and
            :class:`~bioviz.sae.data.ActivationDataModule` (Python: :func:`bioviz.train`)
 encode     :func:`bioviz.features.encode`
+associate  :func:`bioviz.analysis.associate` (writes a Findings directory)
 info       :func:`bioviz.store.info.describe`
 demo       :func:`bioviz.demo.run`
 =========  ==============================================================================
@@ -174,6 +175,7 @@ class _Stage:
 
 
 def _stages() -> dict[str, _Stage]:
+    from .analysis.associate import associate
     from .demo import run
     from .extract import extract
     from .features import encode
@@ -183,6 +185,7 @@ def _stages() -> dict[str, _Stage]:
         "extract": _Stage(extract, seed=True, skip=frozenset({"extra_manifest"})),
         "layers": _Stage(layers, config=_AdapterSection, seed=True),
         "encode": _Stage(encode, positional=True),
+        "associate": _Stage(associate),
         "info": _Stage(describe, config=None, positional=True),
         "demo": _Stage(run, show=False),
     }

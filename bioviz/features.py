@@ -119,7 +119,10 @@ def _is_feature_table(path: Path) -> bool:
         return False
 
 
-def _encode(sae, store, layer, batch_size, progress, device, allow_mismatch) -> ad.AnnData:
+def open_target(sae, store, layer, allow_mismatch: bool):
+    """``(sae, store, layer, target)``: the SAE (loaded), the open store and the layer to
+    encode, defaulting to the SAE's record, and the :class:`~bioviz.provenance.Target`;
+    another layer or model than the record is refused unless ``allow_mismatch``."""
     if not isinstance(sae, SparseAutoencoder):
         sae = load_sae(sae)
     path = store.path if isinstance(store, ActivationStore) else store
@@ -136,6 +139,20 @@ def _encode(sae, store, layer, batch_size, progress, device, allow_mismatch) -> 
             f"layer {layer!r} of {store.path} has d={d} but the SAE was trained on d_in={sae.d_in}; "
             "encode with an SAE trained on this layer"
         )
+    return sae, store, layer, target
+
+
+def provenance_record(sae, store, layer, target) -> dict:
+    """What a table of codes records in ``uns["bioviz"]``: the SAE's configuration, the layer
+    and store encoded, and the checks made."""
+    return {"sae": _json_safe(sae.fitted_config().to_dict()), "layer": layer,
+            "store": str(store.path), "store_n_rows": store.n_rows,
+            "store_manifest_blake2b": digest(store.manifest),
+            "target": _json_safe(target.record())}
+
+
+def _encode(sae, store, layer, batch_size, progress, device, allow_mismatch) -> ad.AnnData:
+    sae, store, layer, target = open_target(sae, store, layer, allow_mismatch)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sae = sae.to(device).eval()
     blocks, obs_parts = [], []
@@ -168,10 +185,7 @@ def _encode(sae, store, layer, batch_size, progress, device, allow_mismatch) -> 
             obs[col] = obs[col].astype("category")
     ft = ad.AnnData(X=X, obs=obs, var=var)
     ft.varm["decoder"] = sae.W_dec.detach().cpu().numpy()
-    ft.uns["bioviz"] = {"sae": _json_safe(sae.fitted_config().to_dict()), "layer": layer,
-                        "store": str(store.path), "store_n_rows": store.n_rows,
-                        "store_manifest_blake2b": digest(store.manifest),
-                        "target": _json_safe(target.record())}
+    ft.uns["bioviz"] = provenance_record(sae, store, layer, target)
     return ft
 
 

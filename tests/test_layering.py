@@ -1,6 +1,6 @@
 """Dependencies run one way. Adapters import the core, never the reverse: only the
 application layer (CLI, demo) names bioviz.adapters. Inside the core a stage imports the
-stages before it in the flow (store → extract → sae → features → evaluate), never after."""
+stages before it in the flow (store → extract → sae → features → evaluate → analysis), never after."""
 
 import ast
 import subprocess
@@ -12,7 +12,7 @@ APPLICATION = {"cli", "demo", "run"}
 # rank in the flow of artifacts; a module may import modules of equal or lower rank
 RANK = {"version": 0, "errors": 0, "lock": 0, "checksum": 0, "hooks": 0, "tables": 0, "batches": 0, "trainer": 0,
         "adapter": 1, "store": 2, "extract": 3, "sae": 4, "provenance": 5, "features": 5,
-        "evaluate": 6}
+        "evaluate": 6, "analysis": 7}
 
 
 def _imports(path: Path) -> list[str]:
@@ -40,7 +40,7 @@ def _core_files():
 def test_importing_the_core_loads_no_adapter():
     stages = ["bioviz", "bioviz.adapter", "bioviz.hooks", "bioviz.store", "bioviz.extract",
               "bioviz.sae", "bioviz.sae.train", "bioviz.sae.data", "bioviz.features", "bioviz.evaluate",
-              "bioviz.provenance", "bioviz.batches", "bioviz.checksum"]
+              "bioviz.provenance", "bioviz.batches", "bioviz.checksum", "bioviz.analysis.associate"]
     code = (f"import importlib, sys\nfor m in {stages!r}: importlib.import_module(m)\n"
             "print(sorted(m for m in sys.modules if m.startswith('bioviz.adapters')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

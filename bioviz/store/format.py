@@ -47,6 +47,13 @@ class StoreError(InputError):
     """A store that is missing, inconsistent, or not what the caller asked for."""
 
 
+class LayerNotFound(StoreError, KeyError):
+    """A layer the store does not have (a KeyError too, for ``layer in``-style callers)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON so that a reader (or a resumed run) never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")

@@ -257,7 +257,7 @@ class ActivationStore:
                 raise InputError(f"this store has layers {self.layers}; pass layer=")
             return next(iter(self._arrays))
         if layer not in self._arrays:
-            raise KeyError(f"layer {layer!r} is not in {self.path}; it has {self.layers}")
+            raise fmt.LayerNotFound(f"layer {layer!r} is not in {self.path}; it has {self.layers}")
         return layer
 
     @cached_property

@@ -1,0 +1,123 @@
+"""associate end to end: subject-level numbers equal independent references (pandas groupby
++ scipy + statsmodels), planted truths come out first, Findings are complete or absent."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+from statsmodels.stats.multitest import multipletests
+
+from bioviz.analysis import Findings, associate
+from bioviz.analysis.synthetic import make_cohort
+from bioviz.errors import InputError
+
+FAST = dict(n_permutations=0, n_boot=0, n_stability=0, probes=False, heldout=None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return make_cohort(n_subjects=40, rows_per_subject=30, n_features=25, planted={0: 1.5}, seed=3)
+
+
+def _subject_means(ft):
+    """The reference aggregation, written independently of bioviz: pandas groupby."""
+    df = pd.DataFrame(ft.X.toarray().astype(np.float64), columns=ft.var_names)
+    df["subject_id"] = ft.obs["subject_id"].to_numpy()
+    return df.groupby("subject_id", sort=False).mean()
+
+
+def test_mann_whitney_rows_equal_scipy_on_pandas_subject_means(cohort):
+    f = associate(cohort, ["diagnosis"], **FAST)
+    means = _subject_means(cohort)
+    dx = cohort.obs.groupby("subject_id", sort=False)["diagnosis"].first().reindex(means.index)
+    case = (dx == "case").to_numpy()
+    mw = f.table[f.table.test == "mann_whitney"].set_index("feature")
+    for feat in means.columns:
+        ref = st.mannwhitneyu(means[feat][case], means[feat][~case], alternative="two-sided",
+                              method="asymptotic")
+        assert mw.loc[feat, "p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert mw.loc[feat, "effect"] == pytest.approx(ref.statistic / (case.sum() * (~case).sum()))
+    ref_q = multipletests(mw["p"].to_numpy(), method="fdr_bh")[1]
+    np.testing.assert_allclose(mw["q"].to_numpy(), ref_q, rtol=1e-12)
+    assert mw.loc["f0", "direction"] == 1 and mw.loc["f0", "n_per_group"] == "control: 20, case: 20"
+
+
+def test_planted_feature_ranks_first_and_within_subject_feature_is_not_called(cohort):
+    f = associate(cohort, ["diagnosis"], covariates=["age", "sex"], n_permutations=200, n_boot=200,
+                  n_stability=20, probes=False, heldout=None, progress=False)
+    assert f.candidates.iloc[0]["feature"] == "f0"
+    assert f.candidates.iloc[0]["test"] == "linear"  # covariates: the adjusted model is primary
+    row = f.table[(f.table.feature == "f0") & (f.table.test == "linear")].iloc[0]
+    assert row["ci_method"] == "bootstrap" and row["ci_low"] > 0
+    assert row["p_fwer"] < 0.05 and row["p_fwer_floor"] == pytest.approx(1 / 201)
+    assert "f1" not in set(f.candidates["feature"])  # fires in B cells of everyone
+
+
+def test_findings_directory_is_tidy_and_readable_with_pandas_alone(cohort, tmp_path):
+    out = tmp_path / "findings"
+    f = associate(cohort, ["diagnosis", "age"], out=str(out), **FAST)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "associations.parquet", "candidates.parquet", "manifest.json", "probes.parquet", "seeds.parquet",
+        "subjects.h5ad"]
+    table = pd.read_parquet(out / "associations.parquet")
+    assert set(table["label"]) == {"diagnosis", "age"}
+    assert set(table[table.label == "age"]["test"]) == {"spearman", "linear"}
+    assert len(table) == 25 * 4 and f.path == out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["subjects"]["analysed"] == 40 and manifest["settings"]["labels"] == ["diagnosis", "age"]
+    back = Findings.read(out)
+    pd.testing.assert_frame_equal(back.table, table)
+    assert back.subjects.n_obs == 40 and "diagnosis" in back.subjects.obs
+
+
+def test_an_interrupted_write_leaves_nothing_and_other_folders_are_never_replaced(cohort, tmp_path, monkeypatch):
+    import anndata as ad
+
+    out = tmp_path / "findings"
+    calls = []
+
+    def boom(self, *a, **k):
+        calls.append(1)
+        raise OSError("disk full")
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", boom)
+    with pytest.raises(OSError, match="disk full"):
+        associate(cohort, ["diagnosis"], out=str(out), **FAST)
+    assert calls, "the fault never happened"
+    assert list(tmp_path.iterdir()) == [] or all(p.name.endswith(".lock") for p in tmp_path.iterdir())
+    monkeypatch.undo()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match="not a Findings directory"):
+        associate(cohort, ["diagnosis"], out=str(other), overwrite=True, **FAST)
+    assert (other / "notes.txt").read_text() == "keep"
+    associate(cohort, ["diagnosis"], out=str(out), **FAST)
+    with pytest.raises(InputError, match="overwrite=True"):
+        associate(cohort, ["diagnosis"], out=str(out), **FAST)
+    associate(cohort, ["diagnosis"], out=str(out), overwrite=True, **FAST)
+
+
+def test_heldout_split_replicates_a_strong_planted_effect():
+    ft = make_cohort(n_subjects=80, rows_per_subject=10, n_features=20, planted={0: 2.5}, seed=5)
+    f = associate(ft, ["diagnosis"], heldout=0.4, n_permutations=0, n_boot=0, n_stability=0, probes=False,
+                  progress=False)
+    assert f.manifest["subjects"]["discovery"] + f.manifest["subjects"]["heldout"] == 80
+    top = f.candidates.iloc[0]
+    assert top["feature"] == "f0" and bool(top["replicated"])
+    split = f.subjects.obs["split"].value_counts()
+    assert split["heldout"] == f.manifest["subjects"]["heldout"]
+
+
+def test_survival_label_gets_cox_and_logrank(cohort):
+    rng = np.random.default_rng(0)
+    subjects = cohort.obs["subject_id"].unique()
+    means = _subject_means(cohort)
+    risk = means["f0"].reindex(subjects).to_numpy()
+    time = rng.exponential(1 / np.exp(risk - risk.mean()))
+    clinical = pd.DataFrame({"subject_id": subjects, "os": time + 0.01, "death": (rng.random(40) < 0.8).astype(int)})
+    f = associate(cohort, [{"name": "survival", "time": "os", "event": "death"}], clinical=clinical, **FAST)
+    assert set(f.table["test"]) == {"cox", "logrank"}
+    cox = f.table[(f.table.test == "cox")].set_index("feature")
+    assert cox.loc["f0", "effect"] > 0 and cox.loc["f0", "c_index"] > 0.5
