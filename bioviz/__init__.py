@@ -4,6 +4,8 @@
 Concrete adapters live in :mod:`bioviz.adapters`, imported on demand.
 """
 
+from .analysis import Findings, aggregate, associate, rank_rows, to_obsm
+from .errors import BiovizError, InputError
 from .evaluate import fidelity, stability
 from .extract import extract
 from .features import encode
@@ -13,5 +15,6 @@ from .sae.train import train
 from .store import ActivationStore, StoreError
 from .version import __version__
 
-__all__ = ["__version__", "extract", "train", "encode", "fidelity", "stability", "capture", "patch",
-           "layer_names", "resolve_layers", "load_sae", "SAEConfig", "ActivationStore", "StoreError"]
+__all__ = ["__version__", "extract", "train", "encode", "aggregate", "associate", "rank_rows", "to_obsm",
+           "Findings", "fidelity", "stability", "capture", "patch", "layer_names", "resolve_layers",
+           "load_sae", "SAEConfig", "ActivationStore", "StoreError", "BiovizError", "InputError"]

@@ -290,7 +290,7 @@ def kruskal(X, codes, *, progress: bool = True) -> TestResult:
     with np.errstate(divide="ignore", invalid="ignore"):
         h = (12.0 / (n * (n + 1)) * ssbn - 3 * (n + 1)) / (1 - ties / (n ** 3 - n))
     h[n_unique < 2] = np.nan
-    p = chi2.sf(h, codes.max())
+    p = chi2.sf(h, k - 1)
     return TestResult("kruskal", "epsilon_sq", 0.0, statistic=h, p=p, effect=h / (n - 1))
 
 
@@ -395,7 +395,7 @@ def linear(X, y, covariates=None, *, names: list[str] | None = None,
         const[cols] = np.ptp(Xr, axis=0) == 0  # exact: centring leaves rounding residue
     se = np.sqrt(rss / df * v_y)
     # an exact fit (rounding residue only) has no error to test against
-    degenerate = const | (rss <= 1e-20 * tss)
+    degenerate = const
     with np.errstate(divide="ignore", invalid="ignore"):
         t = coef / se
         scale = y.std(ddof=1) / np.sqrt(tss / (n - 1))
