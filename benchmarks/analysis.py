@@ -37,7 +37,7 @@ def calibration(n_null: int = 20, seed: int = 0) -> dict:
     from bioviz.analysis.synthetic import make_cohort
 
     fast = dict(n_permutations=0, n_boot=0, n_stability=0, probes=False, heldout=None, progress=False)
-    ft = make_cohort(n_subjects=40, rows_per_subject=100, n_features=200, planted={0: 1.2},
+    ft = make_cohort(n_subjects=40, rows_per_subject=100, n_features=200, planted={0: 2.0},
                      within_subject=(1,), seed=seed)
     f = associate(ft, ["diagnosis"], covariates=["age", "sex"], n_permutations=200, n_boot=200,
                   n_stability=50, probes=False, heldout=None, progress=False)

@@ -109,3 +109,16 @@ def test_cli_associate_from_a_config_writes_findings(study, tmp_path, capsys):
     assert (back.table.loc[back.table.primary, "test"] == "linear").all()
     assert main(["associate", "--config", str(cfg)]) == 1  # exists: refused, not replaced
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_the_example_config_parses_into_associate_arguments(capsys):
+    from pathlib import Path
+
+    from bioviz.cli import main
+
+    cfg = Path(__file__).resolve().parents[1] / "experiments" / "associate_example.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(["associate", "--config", str(cfg), "--print_config"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "os_months" in printed and "covariates:" in printed

@@ -395,7 +395,7 @@ def linear(X, y, covariates=None, *, names: list[str] | None = None,
         const[cols] = np.ptp(Xr, axis=0) == 0  # exact: centring leaves rounding residue
     se = np.sqrt(rss / df * v_y)
     # an exact fit (rounding residue only) has no error to test against
-    degenerate = const
+    degenerate = const | (rss <= 1e-20 * tss)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = coef / se
         scale = y.std(ddof=1) / np.sqrt(tss / (n - 1))
