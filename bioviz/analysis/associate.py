@@ -28,7 +28,16 @@ from .findings import ASSOCIATION_COLUMNS, Findings, check_out
 from .probes import probe
 from .rank import RANKING_RULE, rank, reproduce_in_seeds
 from .rowdata import row_inputs
-from .testing import ADJUSTED, AVAILABLE, DEFAULT, Contrast, contrasts, permutable, primary
+from .testing import (
+    ADJUSTED,
+    AVAILABLE,
+    DEFAULT,
+    Contrast,
+    contrasts,
+    nan_on_refusal,
+    permutable,
+    primary,
+)
 
 #: below this many subjects on either side, a held-out split has no power: it is skipped
 MIN_SPLIT = 10
@@ -342,7 +351,8 @@ def _family(c: Contrast, X, d: Design, disc, X_held, d_held, held, is_primary, *
 
         def selected(idx):
             return adjust(cd(Xd, idx, covariates=cov, strata=strata).p) < alpha
-        out["stability"] = resample.selection_stability(selected, n, strata=boot_strata, n_boot=n_stability,
+        selected = nan_on_refusal(selected, Xd.shape[1])
+        out["stability"] = resample.selection_stability(lambda idx: selected(idx) == 1, n, strata=boot_strata, n_boot=n_stability,
                                                         seed=seed, progress=progress)
     _heldout(out, c, X, d, X_held, d_held, held, is_primary, alpha)
     out["evidence"] = "subject-level"
@@ -389,6 +399,7 @@ def _intervals(out, cd, Xd, cov, strata, res, q, *, n_boot, seed, progress):
 
     def effect(idx):
         return cd(Xc, idx, covariates=cov, strata=strata).effect
+    effect = nan_on_refusal(effect, Xc.shape[1])
     low, high = resample.bootstrap_ci(effect, len(Xd), strata=_boot_strata(cd.outcome, strata), n_boot=n_boot,
                                       seed=seed, progress=progress)
     out.loc[chosen, "ci_low"], out.loc[chosen, "ci_high"] = low, high

@@ -179,7 +179,7 @@ def _sort_order(col: np.ndarray, data: np.ndarray) -> np.ndarray:
     u = d32.view(np.uint32)
     # IEEE-754 bits as unsigned integers in the floats' order: flip every bit of a negative,
     # only the sign bit of a positive; the column goes in the high 32 bits
-    bits = u ^ np.where(u >> 31, np.uint32(0x80000000), np.uint32(0x80000000))
+    bits = u ^ np.where(u >> 31, np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
     return np.argsort((col.astype(np.uint64) << np.uint64(32)) | bits, kind="stable")
 
 

@@ -62,6 +62,18 @@ class Contrast:
         return self.run(X, out, covariates, strata)
 
 
+def nan_on_refusal(fn: Callable[..., np.ndarray], m: int) -> Callable[..., np.ndarray]:
+    """``fn`` for resamples: a resample the test refuses (a bootstrap whose design became
+    singular, a class that vanished) gives NaN for every feature instead of stopping the run;
+    the permutation and bootstrap code skips NaN."""
+    def safe(*args):
+        try:
+            return fn(*args)
+        except InputError:
+            return np.full(m, np.nan)
+    return safe
+
+
 def _mann_whitney(X, o, c, s):
     return stats.mann_whitney(X, o.y, progress=False)
 
@@ -141,8 +153,8 @@ def permutable(c: Contrast, X: np.ndarray, covariates: np.ndarray | None, strata
 
         def fn(perm):
             return stats.linear(X, resid[perm], covariates, progress=False).p
-        return fn
+        return nan_on_refusal(fn, X.shape[1])
 
     def fn(perm):  # within strata, so the strata stay aligned with the permuted outcome
         return c.run(X, o.take(perm), covariates, strata).p
-    return fn
+    return nan_on_refusal(fn, X.shape[1])

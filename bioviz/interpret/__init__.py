@@ -1,0 +1,1 @@
+"""Interpretation: what each candidate feature is, and whether the model relies on it."""
