@@ -12,7 +12,8 @@
   at the subject level, averaged over 20 permutations; ``calibration_planted_rank``: the rank of
   a planted subject-level effect; ``calibration_within_subject_called``: 1 if a feature that
   separates rows (one cell type in everyone) but not subjects is called (it must not be).
-  ``calibration_rowlevel_null_call_rate`` shows why: the same null cohorts tested row by row
+  ``calibration_null_any_call_fraction``: share of those permutations with any call at all
+  (a family-wise error rate). ``calibration_rowlevel_null_call_rate`` shows why: the same null cohorts tested row by row
   (pseudo-replicated, for contrast only).
 """
 
@@ -51,13 +52,14 @@ def calibration(n_null: int = 20, seed: int = 0) -> dict:
                        seed=seed + 2)
     subjects = null.obs["subject_id"].unique()
     truth = null.obs.groupby("subject_id", sort=False)["diagnosis"].first()
-    rates, row_rates = [], []
+    rates, row_rates, any_call = [], [], []
     for i in range(n_null):
         perm = dict(zip(subjects, rng.permutation(truth.reindex(subjects).to_numpy())))
         null.obs["diagnosis"] = null.obs["subject_id"].map(perm).astype(str)
         f = associate(null, ["diagnosis"], **fast)
         primary = f.table[f.table.primary]
         rates.append(float((primary["q"] < 0.05).mean()))
+        any_call.append(bool((primary["q"] < 0.05).any()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rows = rank_rows(null, "diagnosis", pseudo_replicated=True, progress=False)
@@ -66,6 +68,7 @@ def calibration(n_null: int = 20, seed: int = 0) -> dict:
              f"row-level (pseudo-replicated) {row_rates[-1]:.3f}")
     return {"calibration_null_call_rate": float(np.mean(rates)), "calibration_planted_rank": planted_rank,
             "calibration_within_subject_called": within_called,
+            "calibration_null_any_call_fraction": float(np.mean(any_call)),
             "calibration_rowlevel_null_call_rate": float(np.mean(row_rates))}
 
 

@@ -59,8 +59,10 @@ def test_findings_directory_is_tidy_and_readable_with_pandas_alone(cohort, tmp_p
     out = tmp_path / "findings"
     f = associate(cohort, ["diagnosis", "age"], out=str(out), **FAST)
     assert sorted(p.name for p in out.iterdir()) == [
-        "associations.parquet", "candidates.parquet", "manifest.json", "probes.parquet", "seeds.parquet",
-        "subjects.h5ad"]
+        "associations.parquet", "candidates.parquet", "figures", "manifest.json", "probes.parquet",
+        "seeds.parquet", "subjects.h5ad"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "volcano_age.png", "volcano_age.svg", "volcano_diagnosis.png", "volcano_diagnosis.svg"]
     table = pd.read_parquet(out / "associations.parquet")
     assert set(table["label"]) == {"diagnosis", "age"}
     assert set(table[table.label == "age"]["test"]) == {"spearman", "linear"}

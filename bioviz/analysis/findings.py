@@ -2,7 +2,8 @@
 
 ``subjects.h5ad`` (subjects × features, clinical columns in obs), ``associations.parquet``
 (one row per feature × label × test), ``probes.parquet``, ``candidates.parquet`` (ranked) and
-``manifest.json``. Every table is a tidy parquet file that pandas reads alone. The directory
+``manifest.json``, and ``figures/`` (a volcano plot per label, PNG and SVG). Every table is a
+tidy parquet file that pandas reads alone. The directory
 is written under a temporary name and renamed into place: it is complete or absent.
 """
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..lock import ArtifactLock
+from .plots import write_figures
 
 KIND = "bioviz.findings"
 TABLES = ("associations", "probes", "candidates", "seeds")
@@ -104,6 +106,9 @@ class Findings:
                     _write_parquet(getattr(self, "table" if name == "associations" else name),
                                    tmp / f"{name}.parquet")
                 self.subjects.write_h5ad(tmp / "subjects.h5ad")
+                if len(self.table) and "primary" in self.table:
+                    alpha = self.manifest.get("settings", {}).get("alpha", 0.05)
+                    write_figures(self.table, tmp / "figures", alpha=alpha)
                 manifest = {"kind": KIND, **self.manifest}
                 # the manifest last: its presence marks a complete directory
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_jsonable))

@@ -1,0 +1,371 @@
+"""Causal evidence for SAE features: integrated gradients (bioviz.interpret.attribution) and
+in-model edits against a random-feature null (bioviz.interpret.intervene).
+
+References are independent of the code under test: captum called directly on a plain
+forward function written here, f(x) computed by hand (hooks + the ReLU SAE's formula),
+and edits spliced in by hand with the explicit decode(codes') + (x - decode(codes))."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from captum.attr import IntegratedGradients, LayerIntegratedGradients
+from jobs import Tokens, tiny_bert
+
+from bioviz.adapters import TorchAdapter
+from bioviz.errors import InputError
+from bioviz.interpret.attribution import integrated_gradients
+from bioviz.interpret.intervene import _random_features, ablation_effect_ratio, intervene
+from bioviz.sae import SAEConfig, build_sae
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def relu_sae(d_in, d_sae, seed=0, bias=None):
+    """A ReLU SAE; ``bias={feature: b}`` lifts a feature's encoder bias so its code stays
+    positive along the whole IG path (a smooth f: quadrature error, not ReLU kinks)."""
+    sae = build_sae(SAEConfig(architecture="relu", d_in=d_in, d_sae=d_sae, seed=seed))
+    with torch.no_grad():
+        for f, b in (bias or {}).items():
+            sae.b_enc[f] = b
+    return sae.eval()
+
+
+def hand_codes(sae, rows):
+    """The ReLU SAE's codes from its formula (not sae.encode)."""
+    w = {k: v.detach().double() for k, v in sae.state_dict().items()}
+    return torch.relu((rows.double() * w["norm_scale"] - w["b_dec"]) @ w["W_enc"] + w["b_enc"])
+
+
+# -- integrated gradients: a small MLP -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    adapter = TorchAdapter(model.eval())
+    ds = adapter.dataset([torch.randn(8) for _ in range(5)])
+    return model, adapter, adapter.collate([ds[i] for i in range(5)])
+
+
+def mlp_f(model, sae, feature):
+    def f(x):  # the target scalar by hand: the feature's code at model[1]'s output
+        h = model[1](model[0](x))
+        return hand_codes(sae, h)[:, feature]
+    return f
+
+
+@pytest.mark.parametrize("baseline", [None, 0.5])
+def test_ig_completeness_on_an_mlp(mlp, baseline):
+    model, adapter, batch = mlp
+    sae = relu_sae(16, 32, bias={3: 3.0})
+    res = integrated_gradients(adapter, batch, sae, "1", 3, baseline=baseline, steps=64)
+    x = batch.inputs
+    base = torch.zeros_like(x) if baseline is None else torch.full_like(x, baseline)
+    f = mlp_f(model, sae, 3)
+    with torch.no_grad():
+        fx, fb = f(x).numpy(), f(base).numpy()
+    np.testing.assert_allclose(res.f_input, fx, rtol=1e-5)
+    np.testing.assert_allclose(res.f_baseline, fb, rtol=1e-5)
+    assert res.attributions.shape == (5, 8)
+    diff = fx - fb
+    assert np.all(np.abs(diff) > 0.05)  # the test has something to explain
+    np.testing.assert_array_less(np.abs(res.attributions.sum(1) - diff), 0.01 * np.abs(diff))
+    # captum on the plain forward: same attributions, and its delta is our gap
+    ref, delta = IntegratedGradients(f).attribute(x, baselines=base, n_steps=64,
+                                                  return_convergence_delta=True)
+    np.testing.assert_allclose(res.attributions, ref.detach().numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.gap, delta.detach().numpy(), atol=1e-5)
+    assert (res.relative_gap < 0.01).all()
+
+
+def test_ig_reports_the_gap_of_a_kinked_feature(mlp):
+    """No bias lift: the ReLU code switches on along the path; the gap is what captum says."""
+    model, adapter, batch = mlp
+    sae = relu_sae(16, 32)
+    res = integrated_gradients(adapter, batch, sae, "1", 4, steps=16)
+    f = mlp_f(model, sae, 4)
+    _, delta = IntegratedGradients(f).attribute(batch.inputs, n_steps=16,
+                                                return_convergence_delta=True)
+    assert np.abs(res.gap).max() > 1e-4  # a real gap, visible
+    np.testing.assert_allclose(res.gap, delta.detach().numpy(), atol=1e-5)
+    summary = res.summary()
+    np.testing.assert_allclose(summary["attribution_sum"] - (summary["f_input"]
+                               - summary["f_baseline"]), res.gap, atol=1e-12)
+
+
+# -- integrated gradients: a token model through its embedding ------------------------------
+
+
+@pytest.fixture(scope="module")
+def bert():
+    model = tiny_bert(hidden=32, layers=2)
+    adapter = TorchAdapter(model)
+    ds = adapter.dataset(Tokens(8, length=12))
+    return model, adapter, adapter.collate([ds[i] for i in range(3)])
+
+
+def bert_f(model, sae, feature, row_mask=None):
+    """Sum of the feature's code over each item's non-padding tokens (or the chosen rows),
+    by hand: a hook on encoder.layer.0 and the SAE formula."""
+    def f(ids, mask):
+        seen = {}
+        def grab(_m, _a, out):  # a tensor, or a tuple led by one (transformers < 5)
+            seen["t"] = out if isinstance(out, torch.Tensor) else out[0]
+
+        h = model.encoder.layer[0].register_forward_hook(grab)
+        try:
+            model(input_ids=ids, attention_mask=mask)
+        finally:
+            h.remove()
+        keep = mask.bool()
+        codes = hand_codes(sae, seen["t"][keep])[:, feature]
+        if row_mask is not None:
+            codes = codes * torch.as_tensor(np.tile(row_mask, len(ids) // 3), dtype=codes.dtype)
+        item = keep.nonzero()[:, 0]
+        return torch.zeros(len(ids), dtype=codes.dtype).index_add(0, item, codes)
+    return f
+
+
+def test_ig_completeness_on_a_token_model(bert):
+    model, adapter, batch = bert
+    sae = relu_sae(32, 64, bias={5: 4.0})
+    res = integrated_gradients(adapter, batch, sae, "encoder.layer.0", 5,
+                               embedding="embeddings.word_embeddings", steps=64)
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    f = bert_f(model, sae, 5)
+    with torch.no_grad():
+        fx, fb = f(ids, mask).numpy(), f(torch.zeros_like(ids), mask).numpy()
+    np.testing.assert_allclose(res.f_input, fx, rtol=1e-5)
+    np.testing.assert_allclose(res.f_baseline, fb, rtol=1e-5)
+    diff = fx - fb
+    assert np.all(np.abs(diff) > 0.05)
+    np.testing.assert_array_less(np.abs(res.per_token.sum(1) - diff), 0.01 * np.abs(diff))
+    lig = LayerIntegratedGradients(f, model.embeddings.word_embeddings)
+    ref, delta = lig.attribute(ids, baselines=torch.zeros_like(ids), additional_forward_args=(mask,),
+                               n_steps=64, return_convergence_delta=True)
+    np.testing.assert_allclose(res.attributions, ref.detach().numpy(), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(res.gap, delta.detach().numpy(), atol=1e-4)
+    assert res.per_token.shape == ids.shape
+    # padding is token 0, as is the baseline: nothing moves there, so nothing is attributed
+    assert np.all(res.per_token[~mask.bool().numpy()] == 0)
+    assert len(res.rows) == int(mask.sum()) and res.rows["target"].all()
+
+
+def test_ig_target_rows_choose_the_rows_that_count(bert):
+    model, adapter, batch = bert
+    sae = relu_sae(32, 64, bias={5: 4.0})
+    mask = batch.inputs["attention_mask"]
+    n_rows = int(mask.sum())
+    first = int(mask[0].sum())
+    chosen = np.zeros(n_rows, dtype=bool)
+    chosen[first:first + 3] = True  # three tokens of item 1
+    res = integrated_gradients(adapter, batch, sae, "encoder.layer.0", 5, target_rows=chosen,
+                               embedding="embeddings.word_embeddings", steps=32)
+    f = bert_f(model, sae, 5, row_mask=chosen.astype(float))
+    with torch.no_grad():
+        fx = f(batch.inputs["input_ids"], mask).numpy()
+    assert fx[0] == 0 and fx[2] == 0 and fx[1] > 0
+    np.testing.assert_allclose(res.f_input, fx, rtol=1e-5, atol=1e-7)
+    assert np.all(res.per_token[[0, 2]] == 0)
+    assert np.abs(res.gap[1]) < 0.01 * np.abs(res.f_input[1] - res.f_baseline[1])
+    # integer positions mean the same rows
+    pos = integrated_gradients(adapter, batch, sae, "encoder.layer.0", 5,
+                               target_rows=np.flatnonzero(chosen),
+                               embedding="embeddings.word_embeddings", steps=32)
+    np.testing.assert_allclose(pos.attributions, res.attributions, atol=1e-9)
+    assert res.rows["target"].sum() == 3
+
+
+def test_ig_bad_input_is_named(mlp, bert):
+    _, adapter, batch = mlp
+    sae = relu_sae(16, 32)
+    cases = [
+        (dict(feature=32), "feature=32"),
+        (dict(feature=1, steps=0), "steps=0"),
+        (dict(feature=1, target_rows=[99]), "target_rows"),
+        (dict(feature=1, target_rows=np.ones(3, bool)), "target_rows"),
+        (dict(feature=1, baseline=torch.zeros(3)), "baseline"),
+        (dict(feature=1, method="simpson"), "method"),
+    ]
+    for kwargs, word in cases:
+        with pytest.raises(InputError, match=word):
+            integrated_gradients(adapter, batch, sae, "1", **kwargs)
+    with pytest.raises(InputError, match="Batch"):
+        integrated_gradients(adapter, batch.inputs, sae, "1", 1)
+    with pytest.raises(InputError, match="no module"):
+        integrated_gradients(adapter, batch, sae, "9", 1)
+    _, tok_adapter, tok_batch = bert
+    with pytest.raises(InputError, match="input_key"):  # two tensors, no embedding named
+        integrated_gradients(tok_adapter, tok_batch, relu_sae(32, 64), "encoder.layer.0", 1)
+    with pytest.raises(InputError, match="embedding="):  # token ids cannot be scaled
+        integrated_gradients(tok_adapter, tok_batch, relu_sae(32, 64), "encoder.layer.0", 1,
+                             input_key="input_ids")
+
+
+# -- interventions ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A layer whose direction u drives output 0 (outputs 1, 2 are blind to u), and an SAE
+    whose feature 0 decodes to u; its other 63 decoder rows are random."""
+    g = torch.Generator().manual_seed(1)
+    d = 32
+    u = torch.randn(d, generator=g)
+    u /= u.norm()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, d), torch.nn.Tanh(), torch.nn.Linear(d, 3))
+    with torch.no_grad():
+        a = torch.randn(12, generator=g)
+        model[0].weight.mul_(0.5).add_(3 * torch.outer(u, a / a.norm()))
+        head = torch.randn(3, d, generator=g)
+        head[1:] -= (head[1:] @ u)[:, None] * u
+        head[0] = 5 * u
+        model[2].weight.copy_(head)
+    sae = relu_sae(d, 64)
+    with torch.no_grad():
+        sae.W_dec[0] = u
+        sae.W_enc.copy_(sae.W_dec.t())
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    data = [torch.randn(12, generator=g) for _ in range(96)]
+    return model.eval(), sae, data
+
+
+def hand_edit(model, sae, data, feature, new_code):
+    """Mean output change with model[1]'s output x replaced by decode(c') + (x − decode(c)),
+    decode written out: (c @ W_dec + b_dec) / s."""
+    w = {k: v.detach() for k, v in sae.state_dict().items()}
+    x = torch.stack(data)
+
+    def decode(c):
+        return (c @ w["W_dec"] + w["b_dec"]) / w["norm_scale"]
+
+    def hook(_m, _a, out):
+        c = hand_codes(sae, out).float()
+        c2 = c.clone()
+        c2[:, feature] = new_code(c[:, feature])
+        return decode(c2) + (out - decode(c))
+
+    with torch.no_grad():
+        clean = model(x)
+        h = model[1].register_forward_hook(hook)
+        try:
+            edited = model(x)
+        finally:
+            h.remove()
+    return (edited - clean).double().mean(0).numpy()
+
+
+def test_a_planted_feature_controls_its_output(planted):
+    model, sae, data = planted
+    tab = intervene(TorchAdapter(model), data, sae, "1", 0, n_random=20, batch_size=32,
+                    progress=False)
+    target = tab[tab["role"] == "target"].set_index("output")
+    rand = tab[tab["role"] == "random"]
+    ratio = ablation_effect_ratio(tab)
+    assert ratio[0] >= 10  # measured ~21
+    # outputs 1 and 2 do not read u: ablating the feature leaves them be
+    assert target.loc[[1, 2], "mean_abs_change"].max() < 1e-5 and ratio[[1, 2]].max() < 0.01
+    assert target.loc[0, "z"] < -5 and target.loc[0, "p_empirical"] == pytest.approx(1 / 21)
+    np.testing.assert_allclose(target["effect_ratio"], ratio.to_numpy())
+    # the null: 20 distinct other features within a factor 2 of the feature's density
+    feats = rand["feature"].unique()
+    assert len(feats) == 20 and 0 not in feats and tab.attrs["density_band"] == 2.0
+    # density by hand, from the captured layer over all the data
+    with torch.no_grad():
+        hidden = model[1](model[0](torch.stack(data)))
+    dens = (hand_codes(sae, hidden) > 0).double().mean(0).numpy()
+    np.testing.assert_allclose(tab.groupby("feature")["density"].first(), dens[tab.groupby(
+        "feature")["density"].first().index], atol=1e-12)
+    d0 = dens[0]
+    assert rand["density"].between(d0 / 2, d0 * 2).all()
+    # the mean changes match edits spliced in by hand
+    for f in (0, int(feats[0]), int(feats[-1])):
+        ref = hand_edit(model, sae, data, f, torch.zeros_like)
+        got = tab[tab["feature"] == f].sort_values("output")["mean_change"].to_numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_clamp_and_scale_match_hand_edits(planted):
+    model, sae, data = planted
+    adapter = TorchAdapter(model)
+    clamp = intervene(adapter, data, sae, "1", 0, mode="clamp", value=2.0, n_random=2,
+                      progress=False)
+    got = clamp[clamp["feature"] == 0]["mean_change"].to_numpy()
+    np.testing.assert_allclose(got, hand_edit(model, sae, data, 0, lambda c: torch.full_like(c, 2.0)),
+                               rtol=1e-4, atol=1e-6)
+    # output 0 = 5 u·h, so clamping the u-code to 2 moves it by 5 (2 − code) on average
+    with torch.no_grad():
+        code = hand_codes(sae, model[1](model[0](torch.stack(data))))[:, 0]
+    assert got[0] == pytest.approx(float((5 * (2.0 - code)).mean()), rel=1e-4)
+    half = intervene(adapter, data, sae, "1", 0, mode="scale", value=0.5, n_random=2,
+                     progress=False)
+    np.testing.assert_allclose(half[half["feature"] == 0]["mean_change"],
+                               hand_edit(model, sae, data, 0, lambda c: 0.5 * c), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_scale_one_leaves_a_token_model_unchanged(bert):
+    """The error term is kept: editing nothing changes nothing, padding and all."""
+    model, adapter, _ = bert
+    sae = relu_sae(32, 64, seed=3)
+    data = Tokens(8, length=12)
+    cls = lambda out: out.last_hidden_state[:, 0]  # noqa: E731
+    same = intervene(adapter, data, sae, "encoder.layer.0", 7, mode="scale", value=1.0,
+                     n_random=3, batch_size=4, output_fn=cls, progress=False)
+    assert len(same) == 4 * 32
+    assert same["mean_abs_change"].max() < 1e-6
+    gone = intervene(adapter, data, sae, "encoder.layer.0", 7, n_random=3, batch_size=4,
+                     output_fn=cls, progress=False)
+    zero = intervene(adapter, data, sae, "encoder.layer.0", 7, mode="scale", value=0.0,
+                     n_random=3, batch_size=4, output_fn=cls, progress=False)
+    assert gone[gone["role"] == "target"]["mean_abs_change"].max() > 1e-3  # it does something
+    np.testing.assert_allclose(gone["mean_change"], zero["mean_change"], atol=1e-6)
+
+
+def test_the_density_band_widens_only_when_needed():
+    dens = np.array([0.1, 0.1, 0.3, 0.5, 0.0, 0.04, 0.15])
+    rng = np.random.default_rng(0)
+    chosen, band = _random_features(dens, 0, 2, 2.0, 100, rng)
+    assert band == 2.0 and sorted(chosen) == [1, 6]  # the only two within [0.05, 0.2]
+    chosen, band = _random_features(dens, 0, 4, 2.0, 100, rng)
+    assert band == 4.0 and sorted(chosen) == [1, 2, 5, 6]  # [0.025, 0.4]; dead 4 never
+    with pytest.warns(UserWarning, match="only 5"):
+        chosen, _ = _random_features(dens, 0, 9, 2.0, 100, rng)
+    assert sorted(chosen) == [1, 2, 3, 5, 6]
+
+
+def test_effect_ratio_by_hand():
+    tab = pd.DataFrame({"role": ["target", "random", "random", "target", "random", "random"],
+                        "output": [0, 0, 0, 1, 1, 1],
+                        "mean_change": [-3.0, 1.0, -0.5, 0.0, 0.0, 0.0],
+                        "mean_abs_change": [3.0, 1.0, 0.5, 2.0, 0.0, 0.0]})
+    np.testing.assert_allclose(ablation_effect_ratio(tab), [3 / 0.75, np.inf])
+    np.testing.assert_allclose(ablation_effect_ratio(tab, measure="mean_change"),
+                               [3 / 0.75, np.nan])
+
+
+def test_intervene_bad_input_is_named(planted):
+    model, sae, data = planted
+    adapter = TorchAdapter(model)
+    cases = [
+        (dict(mode="zero"), "mode='zero'"),
+        (dict(mode="clamp"), "value=None"),
+        (dict(mode="scale", value=float("nan")), "value=nan"),
+        (dict(value=1.0), "value: ablate"),
+        (dict(n_random=-1), "n_random"),
+        (dict(density_band=1.0), "density_band"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(output_fn=lambda out: out[:, 0]), "output_fn"),
+    ]
+    for kwargs, word in cases:
+        with pytest.raises(InputError, match=word):
+            intervene(adapter, data[:8], sae, "1", 0, progress=False, **kwargs)
+    with pytest.raises(InputError, match="feature=64"):
+        intervene(adapter, data[:8], sae, "1", 64, progress=False)
+    with pytest.raises(InputError, match="measure"):
+        ablation_effect_ratio(pd.DataFrame({"role": [], "output": [], "mean_change": []}),
+                              measure="median")
