@@ -158,3 +158,35 @@ def test_ranking_rule_on_a_hand_made_table():
     assert ranked["feature"].tolist() == ["c", "a", "b", "d"]  # b and d: q 0.01 < 0.04
     assert ranked["tier"].tolist() == [2, 1, 1, 1] and ranked["rank"].tolist() == [1, 2, 3, 4]
     assert ranked["association_row"].tolist() == [2, 0, 1, 3]
+
+
+def test_a_replication_cohort_is_the_heldout_set(tmp_path):
+    disc = make_cohort(n_subjects=40, rows_per_subject=10, n_features=15, planted={0: 2.5}, seed=21)
+    rep = make_cohort(n_subjects=30, rows_per_subject=10, n_features=15, planted={0: 2.5}, seed=22)
+    rep.obs["subject_id"] = "R" + rep.obs["subject_id"].astype(str)
+    rep.write_h5ad(tmp_path / "replication.h5ad")
+    f = associate(disc, ["diagnosis"], replication=str(tmp_path / "replication.h5ad"), n_permutations=0,
+                  n_boot=0, n_stability=0, probes=False, progress=False)
+    assert f.manifest["subjects"] == {"analysed": 40, "discovery": 40, "heldout": 30}
+    top = f.candidates.iloc[0]
+    assert top["feature"] == "f0" and bool(top["replicated"]) and top["heldout_p"] < 1e-3
+
+
+def test_categorical_labels_strata_and_dropped_subjects_are_recorded():
+    ft = make_cohort(n_subjects=36, rows_per_subject=8, n_features=10, planted={0: 2.0}, seed=4)
+    subjects = ft.obs["subject_id"].unique()
+    grade = dict(zip(subjects, np.tile(["low", "mid", "high"], 12)))
+    ft.obs["grade"] = ft.obs["subject_id"].map(grade).astype(str)
+    missing = set(subjects[:3])
+    ft.obs["age"] = ft.obs["age"].where(~ft.obs["subject_id"].isin(missing))
+    with pytest.warns(UserWarning, match="age"):
+        f = associate(ft, ["grade", "diagnosis"], covariates=["age"], strata="site", n_permutations=50,
+                      n_boot=0, n_stability=0, probes=False, heldout=None, progress=False)
+    assert f.manifest["subjects"]["analysed"] == 33
+    assert all(f'"{s}"' in json.dumps(f.manifest["design"]) for s in missing)  # dropped, by id
+    ovr = f.table[(f.table.label == "grade") & (f.table.contrast.str.endswith("vs rest"))]
+    assert sorted(ovr["contrast"].unique()) == ["high vs rest", "low vs rest", "mid vs rest"]
+    kw = f.table[(f.table.label == "grade") & (f.table.test == "kruskal")].set_index("feature")
+    ref = st.kruskal(*[_subject_means(ft).drop(index=list(missing))["f3"][
+        [grade[s] == g for s in _subject_means(ft).drop(index=list(missing)).index]] for g in ("low", "mid", "high")])
+    assert kw.loc["f3", "p"] == pytest.approx(ref.pvalue, rel=1e-9)

@@ -249,7 +249,7 @@ def _repeat(v, n: int, reps: int):
     """Tensors with the batch on axis 0 repeated ``reps`` times (captum's layout: the
     whole batch once per step); everything else as is."""
     if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n:
-        return v.repeat_interleave(reps, 0)
+        return v.repeat(reps, *[1] * (v.ndim - 1))
     if isinstance(v, dict):
         return {k: _repeat(u, n, reps) for k, u in v.items()}
     return v

@@ -142,7 +142,7 @@ def overrepresentation(gene_lists, sets, universe, *, min_size: int = 5) -> pd.D
     # 2×2 table [[k, n−k], [m−k, N−n−m+k]]: in list × in set
     a, b, c, d = k, n - k, m - k, n_universe - n - m + k
     with np.errstate(divide="ignore", invalid="ignore"):
-        odds = np.where(b * c > 0, (a * b) / np.maximum(c * d, 1), np.inf)
+        odds = np.where(b * c > 0, (a * d) / np.maximum(b * c, 1), np.inf)
     odds = np.where(informative & (m < n_universe), odds, np.nan)
 
     gene_names = np.asarray(genes, dtype=object)
@@ -176,7 +176,7 @@ def _running_es(w: np.ndarray, pos: np.ndarray, n_genes: int):
     with np.errstate(divide="ignore", invalid="ignore"):
         hit = cw / cw[..., -1:]
         miss = (pos - np.arange(k) + 0.0) / (n_genes - k)  # misses up to hit j
-        after, before = hit - miss, hit - w / cw[..., -1:] - miss
+        after, before = hit - miss, hit - miss
     i_top = np.argmax(np.nan_to_num(after, nan=-np.inf), axis=-1)
     i_bot = np.argmin(np.nan_to_num(before, nan=np.inf), axis=-1)
     # the running sum ends at 0: the extremes are at least that far from zero
