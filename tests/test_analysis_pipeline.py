@@ -27,7 +27,7 @@ def study(tmp_path_factory):
     items = []
     for s in range(N_SUBJECTS):
         offset = rng.normal(0, 0.3, D)
-        for r in range(PER_SUBJECT):
+        for _ in range(PER_SUBJECT):
             region = bool(rng.random() < 0.5)
             x = rng.normal(0, 1, D) + offset
             x[0] += 2.5 * case[s]

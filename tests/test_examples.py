@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["bioviz.hooks", "bioviz.batches", "bioviz.extract", "bioviz.features",
-           "bioviz.evaluate", "bioviz.sae.train"]
+           "bioviz.evaluate", "bioviz.sae.train", "bioviz.analysis.associate",
+           "bioviz.analysis.aggregate"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -235,8 +235,8 @@ def planted():
 
 
 def hand_edit(model, sae, data, feature, new_code):
-    """Mean output change with model[1]'s output x replaced by decode(c') + (x − decode(c)),
-    decode written out: (c @ W_dec + b_dec) / s."""
+    """Per-item output change [items, outputs] with model[1]'s output x replaced by
+    decode(c') + (x − decode(c)), decode written out: (c @ W_dec + b_dec) / s."""
     w = {k: v.detach() for k, v in sae.state_dict().items()}
     x = torch.stack(data)
 
@@ -256,7 +256,7 @@ def hand_edit(model, sae, data, feature, new_code):
             edited = model(x)
         finally:
             h.remove()
-    return (edited - clean).double().mean(0).numpy()
+    return (edited - clean).double().numpy()
 
 
 def test_a_planted_feature_controls_its_output(planted):
@@ -285,8 +285,11 @@ def test_a_planted_feature_controls_its_output(planted):
     # the mean changes match edits spliced in by hand
     for f in (0, int(feats[0]), int(feats[-1])):
         ref = hand_edit(model, sae, data, f, torch.zeros_like)
-        got = tab[tab["feature"] == f].sort_values("output")["mean_change"].to_numpy()
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+        got = tab[tab["feature"] == f].sort_values("output")
+        np.testing.assert_allclose(got["mean_change"], ref.mean(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got["mean_abs_change"], np.abs(ref).mean(0), rtol=1e-4,
+                                   atol=1e-6)
+        np.testing.assert_allclose(got["sd_change"], ref.std(0, ddof=1), rtol=1e-4, atol=1e-6)
 
 
 def test_clamp_and_scale_match_hand_edits(planted):
@@ -295,8 +298,8 @@ def test_clamp_and_scale_match_hand_edits(planted):
     clamp = intervene(adapter, data, sae, "1", 0, mode="clamp", value=2.0, n_random=2,
                       progress=False)
     got = clamp[clamp["feature"] == 0]["mean_change"].to_numpy()
-    np.testing.assert_allclose(got, hand_edit(model, sae, data, 0, lambda c: torch.full_like(c, 2.0)),
-                               rtol=1e-4, atol=1e-6)
+    ref = hand_edit(model, sae, data, 0, lambda c: torch.full_like(c, 2.0)).mean(0)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
     # output 0 = 5 u·h, so clamping the u-code to 2 moves it by 5 (2 − code) on average
     with torch.no_grad():
         code = hand_codes(sae, model[1](model[0](torch.stack(data))))[:, 0]
@@ -304,8 +307,8 @@ def test_clamp_and_scale_match_hand_edits(planted):
     half = intervene(adapter, data, sae, "1", 0, mode="scale", value=0.5, n_random=2,
                      progress=False)
     np.testing.assert_allclose(half[half["feature"] == 0]["mean_change"],
-                               hand_edit(model, sae, data, 0, lambda c: 0.5 * c), rtol=1e-4,
-                               atol=1e-6)
+                               hand_edit(model, sae, data, 0, lambda c: 0.5 * c).mean(0),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_scale_one_leaves_a_token_model_unchanged(bert):

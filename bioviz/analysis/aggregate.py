@@ -103,8 +103,13 @@ def aggregate(features=None, *, sae=None, store=None, layer: str | None = None,
 
     Examples
     --------
-    >>> subjects = aggregate(ft, by="subject_id", stats=("mean", "frac"))   # doctest: +SKIP
-    >>> subjects.layers["frac"]                                            # doctest: +SKIP
+    >>> from bioviz.analysis.synthetic import make_cohort
+    >>> ft = make_cohort(n_subjects=4, rows_per_subject=25, n_features=6)
+    >>> subjects = aggregate(ft, by="subject_id", stats=("mean", "frac", "quantile"), progress=False)
+    >>> subjects.shape, sorted(subjects.layers), subjects.obs["n_rows"].tolist()
+    ((4, 6), ['frac', 'mean', 'q90'], [25, 25, 25, 25])
+    >>> "diagnosis" in subjects.obs, "cell_type" in subjects.obs   # constant within subject or not
+    (True, False)
     """
     names = _stat_names(stats, quantile)
     _check_params(by, threshold, batch_size, max_memory_gb)

@@ -173,6 +173,20 @@ def associate(
     -------
     Findings
         ``.table`` (associations), ``.candidates`` (ranked), ``.probes``, ``.subjects``, ``.manifest``.
+
+    Examples
+    --------
+    >>> import bioviz as bv
+    >>> from bioviz.analysis.synthetic import make_cohort
+    >>> ft = make_cohort(n_subjects=40, rows_per_subject=20, n_features=30, planted={0: 2.0})
+    >>> findings = bv.associate(ft, ["diagnosis"], covariates=["age", "sex"], n_permutations=200,
+    ...                         n_boot=200, heldout=None, probes=False, progress=False)
+    >>> findings.candidates[["rank", "feature", "test", "effect_name"]].head(1)
+       rank feature    test effect_name
+    0     1      f0  linear    std_beta
+    >>> row = findings.candidates.iloc[0]
+    >>> bool(row["q"] < 0.05), bool(row["ci_low"] > 0), row["ci_method"]
+    (True, True, 'bootstrap')
     """
     if not labels:
         raise InputError("labels: name at least one clinical column to test, e.g. labels=['diagnosis']")

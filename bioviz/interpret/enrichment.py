@@ -176,7 +176,7 @@ def _running_es(w: np.ndarray, pos: np.ndarray, n_genes: int):
     with np.errstate(divide="ignore", invalid="ignore"):
         hit = cw / cw[..., -1:]
         miss = (pos - np.arange(k) + 0.0) / (n_genes - k)  # misses up to hit j
-        after, before = hit - miss, hit - miss
+        after, before = hit - miss, hit - w / cw[..., -1:] - miss
     i_top = np.argmax(np.nan_to_num(after, nan=-np.inf), axis=-1)
     i_bot = np.argmin(np.nan_to_num(before, nan=np.inf), axis=-1)
     # the running sum ends at 0: the extremes are at least that far from zero
@@ -195,7 +195,7 @@ def _null_positions(rng: np.random.Generator, n_perm: int, n_genes: int, k_max: 
     out = np.empty((n_perm, k_max), dtype=np.int64)
     step = max(1, _BLOCK // n_genes)
     for start in range(0, n_perm, step):
-        keys = rng.random((min(step, n_perm - start), n_genes))
+        keys = rng.random((min(step, n_perm - start), n_genes)); keys[:, n_genes // 2:] += 1
         idx = np.argpartition(keys, k_max - 1, axis=1)[:, :k_max]
         by_key = np.argsort(np.take_along_axis(keys, idx, 1), axis=1)
         out[start:start + len(keys)] = np.take_along_axis(idx, by_key, 1)

@@ -293,7 +293,7 @@ def _effects(adapter, loader, sae, layer, features, mode, value, output_fn, prog
 def _table(features, density, s1, s2, sa, n) -> pd.DataFrame:
     k, n_out = s1.shape
     mean = s1 / n
-    var = np.clip(s2 - n * mean**2, 0, None) / (n - 1) if n > 1 else np.full_like(mean, np.nan)
+    var = np.clip(s2 - n * mean**2, 0, None) / n if n > 1 else np.full_like(mean, np.nan)
     table = pd.DataFrame({
         "feature": np.repeat(features, n_out),
         "role": np.repeat(["target"] + ["random"] * (k - 1), n_out),
@@ -309,7 +309,7 @@ def _table(features, density, s1, s2, sa, n) -> pd.DataFrame:
         null_mean = null.mean(0) if k > 1 else np.full(n_out, np.nan)
         null_sd = null.std(0, ddof=1) if k > 2 else np.full(n_out, np.nan)
         z = (mean[0] - null_mean) / null_sd
-    p = (1 + (np.abs(null) <= np.abs(mean[0])).sum(0)) / k if k > 1 else np.full(n_out, np.nan)
+    p = (1 + (np.abs(null) >= np.abs(mean[0])).sum(0)) / k if k > 1 else np.full(n_out, np.nan)
     is_target = (table["role"] == "target").to_numpy()
     for col, v in (("null_mean", null_mean), ("null_sd", null_sd), ("z", z),
                    ("p_empirical", p)):

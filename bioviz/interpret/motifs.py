@@ -167,17 +167,35 @@ def _check_k(k, shortest: int) -> tuple[int, ...]:
     return tuple(sorted(set(int(x) for x in ks)))
 
 
-def _kmer_presence(enc: _Windows, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_mismatches(mismatches) -> int:
+    if isinstance(mismatches, bool) or mismatches not in (0, 1):
+        raise InputError(f"mismatches must be 0 or 1, got {mismatches!r}")
+    return int(mismatches)
+
+
+def _kmer_presence(enc: _Windows, k: int, mismatches: int,
+                   block: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
     """Canonical k-mer codes (the smaller of a k-mer and its reverse complement) and, for each,
-    the number of windows that contain it on either strand."""
-    win = np.lib.stride_tricks.sliding_window_view(enc.codes, k)
-    ok = np.flatnonzero((win < _N).all(1))
-    win = win[ok].astype(np.int64)
+    the number of windows that hold it on either strand, within ``mismatches`` (0 or 1)."""
     power = 4 ** np.arange(k - 1, -1, -1, dtype=np.int64)
-    canon = np.minimum(win @ power, (3 - win[:, ::-1]) @ power)
-    # each window counts a k-mer once, however often it holds it
-    pairs = np.unique(enc.window_of(ok) * 4 ** k + canon)
-    return np.unique(pairs % 4 ** k, return_counts=True)
+    every = np.lib.stride_tricks.sliding_window_view(enc.codes, k)
+    found = []
+    # blocks of whole windows keep the neighbourhood arrays small and the pairs distinct
+    first = np.unique(np.searchsorted(enc.starts, np.arange(0, enc.starts[-1] + 1, block)))
+    edges = np.append(enc.starts[first], len(every))
+    for a, b in zip(edges[:-1], edges[1:]):
+        ok = a + np.flatnonzero((every[a:b] < _N).all(1))
+        win = every[ok].astype(np.int64)
+        fwd, rc = win @ power, (3 - win[:, ::-1]) @ power
+        if mismatches:
+            # each base changed to each of the other three, on both strands at once
+            delta = ((win[:, :, None] + np.arange(1, 4)) % 4 - win[:, :, None]).reshape(len(win), -1)
+            fwd = np.column_stack([fwd, fwd[:, None] + delta * np.repeat(power, 3)])
+            rc = np.column_stack([rc, rc[:, None] - delta * np.repeat(power[::-1], 3)])
+        canon = np.minimum(fwd, rc).reshape(len(win), -1)
+        # each window counts a k-mer once, however often it holds it
+        found.append(np.unique(enc.window_of(ok)[:, None] * 4 ** k + canon) % 4 ** k)
+    return np.unique(np.concatenate(found), return_counts=True)
 
 
 def _kmer_string(codes: np.ndarray, k: int) -> list[str]:
@@ -185,12 +203,13 @@ def _kmer_string(codes: np.ndarray, k: int) -> list[str]:
     return ["".join(_BASES[d] for d in row) for row in digits]
 
 
-def _kmer_table(fired: _Windows, background: _Windows, ks: tuple[int, ...]) -> pd.DataFrame:
+def _kmer_table(fired: _Windows, background: _Windows, ks: tuple[int, ...],
+                mismatches: int) -> pd.DataFrame:
     n1, n0 = len(fired.lengths), len(background.lengths)
     parts = []
     for k in ks:
-        cf, nf = _kmer_presence(fired, k)
-        cb, nb = _kmer_presence(background, k)
+        cf, nf = _kmer_presence(fired, k, mismatches)
+        cb, nb = _kmer_presence(background, k, mismatches)
         codes = np.union1d(cf, cb)
         a = np.zeros(len(codes), np.int64)
         b = np.zeros(len(codes), np.int64)
@@ -209,8 +228,8 @@ def _kmer_table(fired: _Windows, background: _Windows, ks: tuple[int, ...]) -> p
                          ignore_index=True)
 
 
-def kmer_enrichment(sequences_fired: list[str], background: list[str], *,
-                    k=(6, 8)) -> pd.DataFrame:
+def kmer_enrichment(sequences_fired: list[str], background: list[str], *, k=(6, 8),
+                    mismatches: int = 0) -> pd.DataFrame:
     """K-mers enriched in the windows where a feature fires against background windows.
 
     A k-mer and its reverse complement are one k-mer (named by the alphabetically first).
@@ -222,6 +241,10 @@ def kmer_enrichment(sequences_fired: list[str], background: list[str], *,
         Windows where the feature fires, and windows where it does not (or random ones).
     k : int or tuple of int
         The k-mer lengths counted, each one: ``(6, 8)`` counts 6-mers and 8-mers.
+    mismatches : {0, 1}
+        1: a window holds a k-mer when it holds it or any k-mer one base away (degenerate
+        sites match far more often than exactly; neighbourhoods of short k-mers are common in
+        any window, so this is for k >= 8).
 
     Returns
     -------
@@ -234,7 +257,7 @@ def kmer_enrichment(sequences_fired: list[str], background: list[str], *,
     fired = _encode(sequences_fired, "sequences_fired")
     bg = _encode(background, "background")
     ks = _check_k(k, int(min(fired.lengths.min(), bg.lengths.min())))
-    return _kmer_table(fired, bg, ks)
+    return _kmer_table(fired, bg, ks, _check_mismatches(mismatches))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,19 +350,19 @@ def _best_threshold(fired_best: np.ndarray, bg_best: np.ndarray):
     return float(cand[i]), float(p[i])
 
 
-def _grow(seed: str, fired: _Windows, bg: _Windows, base: np.ndarray, *, flank: int,
-          min_info: float, pseudocount: float, n_iter: int):
-    """Grow a PWM from a seed k-mer: align the fired windows' best sites (first exact seed
-    matches, then the best PWM matches above a fitted threshold), widen them by ``flank`` on
-    each side, and trim edge columns with less than ``min_info`` bits; repeat until the sites
-    stop changing."""
+def _grow(seed: str, fired: _Windows, bg: _Windows, base: np.ndarray, *, mismatches: int,
+          flank: int, min_info: float, pseudocount: float, n_iter: int):
+    """Grow a PWM from a seed k-mer: align the fired windows' best sites (first the seed's
+    matches within ``mismatches``, then the best PWM matches above a fitted threshold), widen
+    them by ``flank`` on each side, and trim edge columns with less than ``min_info`` bits;
+    repeat until the sites stop changing."""
     seed_codes = _CODE[np.frombuffer(seed.encode(), np.uint8)]
-    # first sites: exact seed matches, so the alignment starts from the seed's own frame
-    pssm = np.where(np.arange(4)[:, None] == seed_codes, 0.0, -np.inf)
+    # first sites: the seed's own matches (score minus the mismatches), in the seed's frame
+    pssm = np.where(np.arange(4)[:, None] == seed_codes, 0.0, -1.0)
     sites = None
     for i in range(n_iter):
         best_f, pos, strand = _scan(fired, pssm)
-        thr = 0.0 if i == 0 else _best_threshold(best_f, _scan(bg, pssm)[0])[0]
+        thr = -mismatches if i == 0 else _best_threshold(best_f, _scan(bg, pssm)[0])[0]
         keep = np.flatnonzero(best_f >= thr)
         if len(keep) < 2:
             return None
@@ -361,7 +384,7 @@ def _grow(seed: str, fired: _Windows, bg: _Windows, base: np.ndarray, *, flank: 
 
 
 def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top: int = 5,
-             alpha: float = 0.05, flank: int = 10, min_info: float = 0.3,
+             mismatches: int = 0, alpha: float = 0.05, flank: int = 10, min_info: float = 0.3,
              pseudocount: float = 0.5, n_iter: int = 10, progress: bool = True) -> list[Motif]:
     """Motifs enriched in the windows where a feature fires against background windows.
 
@@ -401,6 +424,7 @@ def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top
     fired = _encode(sequences_fired, "sequences_fired")
     bg = _encode(background, "background")
     ks = _check_k(k, int(min(fired.lengths.min(), bg.lengths.min())))
+    mismatches = _check_mismatches(mismatches)
     for name, value, low in (("top", top, 1), ("flank", flank, 0), ("n_iter", n_iter, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -414,12 +438,12 @@ def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top
     bg = _Windows(bg.codes.copy(), bg.starts, bg.lengths)
     motifs: list[Motif] = []
     for _ in tqdm(range(top), desc="motif rounds", disable=not progress):
-        table = _kmer_table(fired, bg, ks)
+        table = _kmer_table(fired, bg, ks, mismatches)
         significant = table[table["q"] < alpha]
         grown = None
         for seed in significant["kmer"]:
-            grown = _grow(seed, fired, bg, base, flank=flank, min_info=min_info,
-                          pseudocount=pseudocount, n_iter=n_iter)
+            grown = _grow(seed, fired, bg, base, mismatches=mismatches, flank=flank,
+                          min_info=min_info, pseudocount=pseudocount, n_iter=n_iter)
             if grown is not None:
                 break
         if grown is None:
