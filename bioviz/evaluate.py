@@ -31,7 +31,7 @@ from .provenance import resolve
 from .sae import SparseAutoencoder
 
 
-def _as_rows(t: torch.Tensor, d: int) -> tuple[torch.Tensor, callable]:
+def as_rows(t: torch.Tensor, d: int) -> tuple[torch.Tensor, callable]:
     """View a layer output as [rows, d] and give back the inverse. Tokens: [..., d];
     channels-first grids: [B, d, *space]."""
     if t.shape[-1] == d:
@@ -46,7 +46,7 @@ def _splice(name: str, sae: SparseAutoencoder, mean: torch.Tensor):
     """The function spliced into the layer for one variant: it sees the layer's output as
     the model computes it (a window's, under sliding windows) and returns the replacement."""
     def fn(t: torch.Tensor) -> torch.Tensor:
-        rows, back = _as_rows(t, sae.d_in)
+        rows, back = as_rows(t, sae.d_in)
         if name == "ablated":
             return back(mean.to(rows.dtype).expand_as(rows))
         recon = sae(rows).x_hat.to(rows.dtype)
@@ -60,7 +60,7 @@ def _splice(name: str, sae: SparseAutoencoder, mean: torch.Tensor):
 def _rows_of(act, d: int) -> torch.Tensor:
     """All rows of a layer's activation (a tensor, or per-item tensors)."""
     parts = [a for a in act if a is not None] if isinstance(act, list) else [act]
-    return torch.cat([_as_rows(a, d)[0] for a in parts])
+    return torch.cat([as_rows(a, d)[0] for a in parts])
 
 
 def _class_last(logits: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["bioviz.hooks", "bioviz.batches", "bioviz.extract", "bioviz.features",
            "bioviz.evaluate", "bioviz.sae.train", "bioviz.analysis.associate",
-           "bioviz.analysis.aggregate"]
+           "bioviz.analysis.aggregate", "bioviz.interpret.attribution", "bioviz.interpret.intervene"]
 
 
 @pytest.mark.parametrize("name", MODULES)

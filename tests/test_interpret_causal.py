@@ -270,6 +270,9 @@ def test_a_planted_feature_controls_its_output(planted):
     # outputs 1 and 2 do not read u: ablating the feature leaves them be
     assert target.loc[[1, 2], "mean_abs_change"].max() < 1e-5 and ratio[[1, 2]].max() < 0.01
     assert target.loc[0, "z"] < -5 and target.loc[0, "p_empirical"] == pytest.approx(1 / 21)
+    null = rand.loc[rand["output"] == 0, "mean_change"]
+    assert target.loc[0, "z"] == pytest.approx((target.loc[0, "mean_change"] - null.mean())
+                                               / null.std(ddof=1))
     np.testing.assert_allclose(target["effect_ratio"], ratio.to_numpy())
     # the null: 20 distinct other features within a factor 2 of the feature's density
     feats = rand["feature"].unique()
@@ -339,6 +342,17 @@ def test_the_density_band_widens_only_when_needed():
     with pytest.warns(UserWarning, match="only 5"):
         chosen, _ = _random_features(dens, 0, 9, 2.0, 100, rng)
     assert sorted(chosen) == [1, 2, 3, 5, 6]
+
+
+def test_a_dead_feature_warns_and_changes_nothing(planted):
+    model, sae, data = planted
+    dead = relu_sae(32, 64)
+    with torch.no_grad():
+        dead.b_enc[9] = -100.0  # never fires
+    with pytest.warns(UserWarning, match="feature 9 never fires"):
+        tab = intervene(TorchAdapter(model), data, dead, "1", 9, n_random=3, progress=False)
+    target = tab[tab["role"] == "target"]
+    assert (target["density"] == 0).all() and (target["mean_abs_change"] == 0).all()
 
 
 def test_effect_ratio_by_hand():

@@ -195,7 +195,7 @@ def _null_positions(rng: np.random.Generator, n_perm: int, n_genes: int, k_max: 
     out = np.empty((n_perm, k_max), dtype=np.int64)
     step = max(1, _BLOCK // n_genes)
     for start in range(0, n_perm, step):
-        keys = rng.random((min(step, n_perm - start), n_genes)); keys[:, n_genes // 2:] += 1
+        keys = rng.random((min(step, n_perm - start), n_genes))
         idx = np.argpartition(keys, k_max - 1, axis=1)[:, :k_max]
         by_key = np.argsort(np.take_along_axis(keys, idx, 1), axis=1)
         out[start:start + len(keys)] = np.take_along_axis(idx, by_key, 1)

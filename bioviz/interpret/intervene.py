@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..adapter import to_device
 from ..batches import FixedBatches
 from ..errors import InputError
-from ..evaluate import _as_rows
+from ..evaluate import as_rows
 from ..provenance import resolve
 from ..sae import SparseAutoencoder
 from .attribution import _check_feature
@@ -134,6 +134,9 @@ def intervene(adapter, data, sae: SparseAutoencoder, layer: str | None, feature:
 
     with torch.inference_mode():
         density, n_rows = _density(adapter, loader, sae, layer, progress)
+        if density[feature] == 0 and mode != "clamp":
+            warnings.warn(f"feature {feature} never fires on this data ({n_rows} rows): "
+                          f"mode={mode!r} cannot change the output", stacklevel=2)
         rng = np.random.default_rng(seed)
         chosen, band = _random_features(density, feature, n_random, density_band, n_rows, rng)
         features = [feature, *chosen]
@@ -242,7 +245,7 @@ def _edit(sae: SparseAutoencoder, feature: int, mode: str, value: float | None):
     direction = sae.W_dec[feature] / sae.norm_scale
 
     def fn(t: torch.Tensor) -> torch.Tensor:
-        rows, back = _as_rows(t, sae.d_in)
+        rows, back = as_rows(t, sae.d_in)
         c = _feature_codes(sae, rows, feature)
         if mode == "ablate":
             new = torch.zeros_like(c)
@@ -293,7 +296,7 @@ def _effects(adapter, loader, sae, layer, features, mode, value, output_fn, prog
 def _table(features, density, s1, s2, sa, n) -> pd.DataFrame:
     k, n_out = s1.shape
     mean = s1 / n
-    var = np.clip(s2 - n * mean**2, 0, None) / n if n > 1 else np.full_like(mean, np.nan)
+    var = np.clip(s2 - n * mean**2, 0, None) / (n - 1) if n > 1 else np.full_like(mean, np.nan)
     table = pd.DataFrame({
         "feature": np.repeat(features, n_out),
         "role": np.repeat(["target"] + ["random"] * (k - 1), n_out),
