@@ -125,22 +125,23 @@ def test_survival_label_gets_cox_and_logrank(cohort):
     assert cox.loc["f0", "effect"] > 0 and cox.loc["f0", "c_index"] > 0.5
 
 
+@pytest.mark.slow
 def test_fwer_with_covariates_agrees_with_nilearn_permuted_ols():
     """Westfall–Young through associate (linear model, covariates, Smith's permutation of the
     residualised label) against nilearn's max-T permuted_ols on the same subject table."""
     from nilearn.mass_univariate import permuted_ols
 
     ft = make_cohort(n_subjects=30, rows_per_subject=10, n_features=12, planted={0: 0.9, 2: 0.6}, seed=11)
-    f = associate(ft, ["diagnosis"], covariates=["age"], tests={"binary": ["linear"]}, n_permutations=3000,
+    f = associate(ft, ["diagnosis"], covariates=["age"], tests={"binary": ["linear"]}, n_permutations=2000,
                   n_boot=0, n_stability=0, probes=False, heldout=None, progress=False)
     means = _subject_means(ft)
     subj = ft.obs.groupby("subject_id", sort=False)[["diagnosis", "age"]].first().reindex(means.index)
     y = (subj["diagnosis"] == "case").to_numpy(float)[:, None]
-    ref = permuted_ols(y, means.to_numpy(), confounding_vars=subj[["age"]].to_numpy(float), n_perm=3000,
+    ref = permuted_ols(y, means.to_numpy(), confounding_vars=subj[["age"]].to_numpy(float), n_perm=2000,
                        random_state=0, output_type="dict")
     ref_p = 10 ** -ref["logp_max_t"].ravel()
     ours = f.table.set_index("feature").loc[means.columns, "p_fwer"].to_numpy()
-    assert np.abs(ours - ref_p).max() < 0.04  # Monte-Carlo error of 3000 permutations each
+    assert np.abs(ours - ref_p).max() < 0.05  # Monte-Carlo error of 2000 permutations each (3 SD)
     assert ours.min() < 0.2 and ref_p.min() < 0.2  # the comparison is not all at 1
 
 

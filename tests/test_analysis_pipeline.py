@@ -46,6 +46,7 @@ def study(tmp_path_factory):
     return {"tmp": tmp, "store": store, "saes": saes, "ft": ft, "case": case}
 
 
+@pytest.mark.slow
 def test_streamed_sae_equals_the_feature_table_and_candidates_reproduce_across_seeds(study):
     common = dict(n_permutations=100, n_boot=100, n_stability=10, heldout=None, progress=False)
     from_table = bv.associate(study["ft"], ["dx"], probes=False, **common)

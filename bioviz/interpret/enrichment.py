@@ -130,15 +130,17 @@ def overrepresentation(gene_lists, sets, universe, *, min_size: int = 5) -> pd.D
     kept, report = _sets_in(sets, genes, _positive_int(min_size, "min_size"))
     names = list(kept)
     lists = _membership(rows, len(genes))
-    set_rows = [[where[g] for g in kept[s].genes] for s in names]
-    members = _membership(set_rows, len(genes))
+    members = _membership([[where[g] for g in kept[s].genes] for s in names], len(genes))
 
     n_universe = len(genes)
     k = np.rint((lists @ members.T).toarray()).astype(np.int64)  # features × sets
     n = np.array([len(r) for r in rows], dtype=np.int64)[:, None]
     m = np.array([len(kept[s]) for s in names], dtype=np.int64)[None, :]
     informative = (n > 0) & (n < n_universe)
-    p = np.where(informative, stats.hypergeom.sf(k - 1, n_universe, m, n), np.nan)
+    p = np.where(informative, 1.0, np.nan)  # P(X >= 0) = 1: no need to ask scipy
+    some = informative & (k > 0)
+    mm, nn = np.broadcast_to(m, k.shape), np.broadcast_to(n, k.shape)
+    p[some] = stats.hypergeom.sf(k[some] - 1, n_universe, mm[some], nn[some])
     # 2×2 table [[k, n−k], [m−k, N−n−m+k]]: in list × in set
     a, b, c, d = k, n - k, m - k, n_universe - n - m + k
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -147,9 +149,12 @@ def overrepresentation(gene_lists, sets, universe, *, min_size: int = 5) -> pd.D
 
     gene_names = np.asarray(genes, dtype=object)
     overlap = np.full(k.shape, "", dtype=object)
-    for i, j in zip(*np.nonzero(k)):
+    by_gene = members.tocsc()
+    for i in np.flatnonzero(k.any(axis=1)):
         picked = np.asarray(rows[i])
-        overlap[i, j] = ",".join(gene_names[picked[np.isin(picked, set_rows[j])]])
+        hits = by_gene[:, picked].toarray() > 0  # sets × genes of the list, in list order
+        for j in np.flatnonzero(k[i]):
+            overlap[i, j] = ",".join(gene_names[picked[hits[j]]])
 
     out = _tidy(features, names, {
         "n_overlap": k, "n_list": np.broadcast_to(n, k.shape),

@@ -32,6 +32,7 @@ _CODE = np.full(256, 255, dtype=np.uint8)
 for _i, _b in enumerate(_BASES + "N"):
     _CODE[ord(_b)] = _CODE[ord(_b.lower())] = _i
 _COMPLEMENT = np.array([3, 2, 1, 0, _N], dtype=np.uint8)
+_SEEDS_TRIED = 10  # significant k-mers tried in turn when a seed finds fewer than 2 sites
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +190,8 @@ def _kmer_presence(enc: _Windows, k: int, mismatches: int,
         fwd, rc = win @ power, (3 - win[:, ::-1]) @ power
         if mismatches:
             # each base changed to each of the other three, on both strands at once
-            delta = ((win[:, :, None] + np.arange(1, 4)) % 4 - win[:, :, None]).reshape(len(win), -1)
+            delta = ((win[:, :, None] + np.arange(1, 4)) % 4 - win[:, :, None]).reshape(
+                len(win), -1)
             fwd = np.column_stack([fwd, fwd[:, None] + delta * np.repeat(power, 3)])
             rc = np.column_stack([rc, rc[:, None] - delta * np.repeat(power[::-1], 3)])
         canon = np.minimum(fwd, rc).reshape(len(win), -1)
@@ -290,7 +292,7 @@ class Motif:
         That log2-odds score threshold (chosen to best separate fired from background).
     evidence : pandas.DataFrame
         The k-mers significant (``q < alpha``) in the round that found the motif, as in
-        :func:`kmer_enrichment`; the seed is the first row.
+        :func:`kmer_enrichment`, sorted by ``p`` (the seed is the first that grew a motif).
     """
 
     pwm: np.ndarray
@@ -312,8 +314,9 @@ def _scan(enc: _Windows, pssm: np.ndarray):
     w = pssm.shape[1]
     table = np.vstack([pssm, np.full((1, w), -np.inf)])  # a site with an N never scores
     rc = np.vstack([pssm[::-1, ::-1], np.full((1, w), -np.inf)])
-    idx = np.arange(len(enc.codes) - w)
-    win = np.lib.stride_tricks.sliding_window_view(enc.codes, w)[idx]
+    codes = np.concatenate([enc.codes, np.full(w, _N, np.uint8)])
+    idx = np.arange(len(enc.codes))
+    win = np.lib.stride_tricks.sliding_window_view(codes, w)[idx]
     cols = np.arange(w)
     s_fwd, s_rev = table[win, cols].sum(1), rc[win, cols].sum(1)
     strand = (s_rev > s_fwd).astype(np.int8)
@@ -392,7 +395,7 @@ def _grow(seed: str, fired: _Windows, bg: _Windows, base: np.ndarray, *, mismatc
 
 
 def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top: int = 5,
-             mismatches: int = 0, alpha: float = 0.05, flank: int = 10, min_info: float = 0.3,
+             mismatches: int = 1, alpha: float = 0.05, flank: int = 10, min_info: float = 0.3,
              pseudocount: float = 0.5, n_iter: int = 10, progress: bool = True) -> list[Motif]:
     """Motifs enriched in the windows where a feature fires against background windows.
 
@@ -400,7 +403,8 @@ def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top
 
     1. test every k-mer (both strands merged) with :func:`kmer_enrichment`; stop when no
        k-mer has ``q < alpha``;
-    2. seed with the top k-mer; take each fired window's exact seed match (either strand);
+    2. seed with the top k-mer; take each fired window's best seed match (either strand)
+       within ``mismatches``;
     3. widen the aligned sites by ``flank`` bases each side, count them into a PWM (plus
        ``pseudocount``), and trim edge columns with less than ``min_info`` bits of relative
        entropy against the background's base composition;
@@ -415,6 +419,10 @@ def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top
         Windows where the feature fires, and background windows (where it does not).
     k : int or tuple of int
         K-mer lengths counted, each one.
+    mismatches : {0, 1}
+        Count a k-mer in a window that holds it within this many mismatches (see
+        :func:`kmer_enrichment`). 1 by default: with CTCF and SPI1 sites planted in 50 of 100
+        windows each, exact counts found only SPI1, one mismatch found both.
     top : int
         The most motifs returned.
     alpha : float
@@ -442,14 +450,12 @@ def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top
         raise InputError(f"pseudocount must be > 0 (log-odds need it), got {pseudocount!r}")
     counts = np.bincount(bg.codes, minlength=5)[:4].astype(np.float64) + 1
     base = (counts + counts[::-1]) / (2 * counts.sum())  # both strands: A=T, C=G
-    fired = _Windows(fired.codes.copy(), fired.starts, fired.lengths)
-    bg = _Windows(bg.codes.copy(), bg.starts, bg.lengths)
     motifs: list[Motif] = []
     for _ in tqdm(range(top), desc="motif rounds", disable=not progress):
         table = _kmer_table(fired, bg, ks, mismatches)
         significant = table[table["q"] < alpha]
         grown = None
-        for seed in significant["kmer"]:
+        for seed in significant["kmer"].head(_SEEDS_TRIED):
             grown = _grow(seed, fired, bg, base, mismatches=mismatches, flank=flank,
                           min_info=min_info, pseudocount=pseudocount, n_iter=n_iter)
             if grown is not None:
@@ -462,7 +468,7 @@ def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top
                             seed=seed, n_sites=int((best_f >= thr).sum()),
                             n_background=int((best_b >= thr).sum()), threshold=thr,
                             evidence=significant.reset_index(drop=True)))
-        # mask the sites so the next round finds something else
+        # mask the sites so the next round finds something else (the codes are our own copy)
         for enc, best, p in ((fired, best_f, pos), (bg, best_b, pos_b)):
             hit = p[best >= thr]
             enc.codes[hit[:, None] + np.arange(w)] = _N
