@@ -2,7 +2,7 @@
 Fisher's exact test on brute-force counts, motif discovery on planted JASPAR sites, and the
 Tomtom comparison against memelite's."""
 
-from functools import lru_cache
+from functools import cache
 from itertools import product
 
 import numpy as np
@@ -20,12 +20,12 @@ from bioviz.interpret.motifs import discover, kmer_enrichment, match_jaspar, tom
 CTCF, SPI1 = "MA0139.2", "MA0080.7"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _db():
     return jaspardb(release="JASPAR2026")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pfm(matrix_id: str) -> np.ndarray:
     m = _db().fetch_motif_by_id(matrix_id)
     c = np.array([m.counts[b] for b in "ACGT"], dtype=float)
@@ -76,6 +76,10 @@ def test_window_pwm_weights_width_and_n_by_hand():
     np.testing.assert_allclose(pwm, [[0, 0, 0], [0.5, 0, 0], [0.5, 1, 0], [0, 0, 1]])
     pwm = window_pwm(seqs, weights=[1, 2, 1], width=3, pseudocount=1)
     np.testing.assert_allclose(pwm[:, 1], np.array([1, 1, 4, 1]) / 7)
+    # windows of other lengths: the central 3 of AACCGT (odd surplus: the extra base is the
+    # right one) is ACC
+    np.testing.assert_allclose(window_pwm(["AACCGT", "ACG"], width=3, pseudocount=0),
+                               [[1, 0, 0], [0, 1, 0.5], [0, 0, 0.5], [0, 0, 0]])
     # a column of N only, without pseudocount, has no information: uniform
     np.testing.assert_allclose(window_pwm(["ANA", "CNC"], pseudocount=0)[:, 1], 0.25)
 
@@ -184,6 +188,7 @@ def test_match_jaspar_slices_by_hand():
     np.testing.assert_allclose(fwd.q, multipletests(fwd.p, method="fdr_bh")[1], rtol=1e-12)
 
 
+@cache
 def _jaspar_targets():
     ms = _db().fetch_motifs(collection="CORE", tax_group="vertebrates")
     mats = [np.array([m.counts[b] for b in "ACGT"], dtype=float) for m in ms]
@@ -271,6 +276,7 @@ def test_tomtom_with_exact_median_ranks_as_memelite():
     (lambda: match_jaspar(np.ones((4, 6))), "probabilities"),
     (lambda: match_jaspar(np.full((4, 6), 0.25), db="JASPAR1999"), "not a JASPAR release"),
     (lambda: match_jaspar(np.full((4, 6), 0.25), tax_group="martians"), "no JASPAR matrix"),
+    (lambda: match_jaspar(np.full((4, 6), 0.25), db=[1]), "db must be None"),
     (lambda: tomtom(np.full((4, 6), 0.25), []), "targets is empty"),
 ])
 def test_bad_input_is_named(call, message):

