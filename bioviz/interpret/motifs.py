@@ -472,7 +472,7 @@ def discover(sequences_fired: list[str], background: list[str], *, k=(6, 8), top
         # mask the sites so the next round finds something else (the codes are our own copy)
         for enc, best, p in ((fired, best_f, pos), (bg, best_b, pos_b)):
             hit = p[best >= thr]
-            pass
+            enc.codes[hit[:, None] + np.arange(w)] = _N
     return motifs
 
 
