@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .adapter import to_device
 from .batches import FixedBatches
 from .errors import InputError
-from .provenance import resolve
+from .provenance import on_model
 from .sae import SparseAutoencoder
 
 
@@ -116,13 +116,8 @@ def fidelity(adapter, data, sae: SparseAutoencoder, layer: str | None = None, *,
     >>> bool(res["kl_sae_plus_error"] < 1e-6), int(res["positions"])
     (True, 32)
     """
-    target = resolve(sae, layer=layer, model=adapter.identity(), allow_mismatch=allow_mismatch)
-    if target.layer is None:
-        raise InputError("layer: the SAE records no layer it was trained on; pass layer=")
+    target, model, device, sae = on_model(sae, adapter, layer, allow_mismatch=allow_mismatch)
     layer = target.layer
-    model = adapter.model.eval()
-    device = next(model.parameters()).device
-    sae = sae.to(device).eval()
     ds = adapter.dataset(data)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=FixedBatches(len(ds), batch_size),
                                          collate_fn=adapter.collate)

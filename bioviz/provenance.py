@@ -73,3 +73,19 @@ def resolve(sae: SparseAutoencoder, *, layer: str | None = None, store: str | No
                          + "\n  - ".join(mismatches)
                          + "\npass allow_mismatch=True to go on anyway (it is recorded in the output)")
     return Target(layer, None if store is None else str(store), mismatches, bool(allow_mismatch))
+
+
+def on_model(sae: SparseAutoencoder, adapter, layer: str | None = None, *, allow_mismatch: bool = False):
+    """``(target, model, device, sae)`` to apply ``sae`` inside ``adapter``'s live model:
+    ``target.layer`` defaults to the SAE's record, the model must be the one the SAE's activations
+    came from (unless ``allow_mismatch``), and the model and the SAE are put in eval mode on
+    the model's device (what fidelity, attribution and interventions share)."""
+    # the weights checksum is only computed when the SAE has one to compare with
+    recorded = (sae.cfg.provenance or {}).get("model")
+    target = resolve(sae, layer=layer, model=adapter.identity() if recorded else None,
+                     allow_mismatch=allow_mismatch)
+    if target.layer is None:
+        raise InputError("layer: the SAE records no layer it was trained on; pass layer=")
+    model = adapter.model.eval()
+    device = next(model.parameters()).device
+    return target, model, device, sae.to(device).eval()

@@ -25,7 +25,7 @@ import torch
 from ..adapter import Batch, to_device
 from ..errors import InputError
 from ..hooks import resolve_layers
-from ..provenance import resolve
+from ..provenance import on_model
 from ..sae import SparseAutoencoder
 
 METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right",
@@ -160,16 +160,9 @@ def integrated_gradients(adapter, batch: Batch, sae: SparseAutoencoder, layer: s
     feature = _check_feature(feature, sae)
     if method not in METHODS:
         raise InputError(f"method={method!r}: expected one of {', '.join(METHODS)}")
-    prov_model = (sae.cfg.provenance or {}).get("model")
-    target = resolve(sae, layer=layer, model=adapter.identity() if prov_model else None,
-                     allow_mismatch=allow_mismatch)
-    if target.layer is None:
-        raise InputError("layer: the SAE records no layer it was trained on; pass layer=")
+    target, model, device, sae = on_model(sae, adapter, layer, allow_mismatch=allow_mismatch)
     layer = target.layer
-    resolve_layers(adapter.model, layer)  # a clear error for a layer the model lacks
-    model = adapter.model.eval()
-    device = next(model.parameters()).device
-    sae = sae.to(device).eval()
+    resolve_layers(model, layer)  # a clear error for a layer the model lacks
     batch = to_device(batch, device)
     key, x = _pick_input(batch.inputs, input_key, embedding)
 

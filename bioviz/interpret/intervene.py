@@ -37,7 +37,7 @@ from ..adapter import to_device
 from ..batches import FixedBatches
 from ..errors import InputError
 from ..evaluate import as_rows
-from ..provenance import resolve
+from ..provenance import on_model
 from ..sae import SparseAutoencoder
 from .attribution import _check_feature
 
@@ -117,15 +117,8 @@ def intervene(adapter, data, sae: SparseAutoencoder, layer: str | None, feature:
     if not isinstance(density_band, (int, float)) or not density_band > 1 \
             or not math.isfinite(density_band):
         raise InputError(f"density_band={density_band!r}: expected a number > 1 (a factor)")
-    prov_model = (sae.cfg.provenance or {}).get("model")
-    target = resolve(sae, layer=layer, model=adapter.identity() if prov_model else None,
-                     allow_mismatch=allow_mismatch)
-    if target.layer is None:
-        raise InputError("layer: the SAE records no layer it was trained on; pass layer=")
+    target, model, device, sae = on_model(sae, adapter, layer, allow_mismatch=allow_mismatch)
     layer = target.layer
-    model = adapter.model.eval()
-    device = next(model.parameters()).device
-    sae = sae.to(device).eval()
     ds = adapter.dataset(data)
     if len(ds) == 0:
         raise InputError("data: no items")
