@@ -208,3 +208,22 @@ def _json_safe(obj):
             return {str(i): _json_safe(v) for i, v in enumerate(obj)}
         return [_json_safe(v) for v in obj]
     return obj
+
+
+def open_feature_table(path, *, name: str = "features") -> ad.AnnData:
+    """The FeatureTable at ``path`` opened ``backed="r"`` (X read lazily, never whole); a
+    folder, a missing file or a file that is not an .h5ad AnnData is an error naming it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"{name}: expected a FeatureTable (AnnData) or the path of its .h5ad, "
+                         f"got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{name}={path} is a folder; expected an .h5ad FeatureTable (an SAE "
+                         "checkpoint or an activation store is given as sae= or store=)")
+    if not path.is_file():
+        raise InputError(f"{name}={path}: no such file; expected an .h5ad FeatureTable")
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as e:  # not HDF5, or not an AnnData: say which file
+        raise InputError(f"{name}={path} cannot be read as an .h5ad FeatureTable "
+                         f"({type(e).__name__}: {e})") from None

@@ -512,21 +512,9 @@ def _open_source(features, sae, store, layer, batch_size, device, allow_mismatch
 def _table_source(features) -> _TableSource:
     if isinstance(features, ad.AnnData):
         return _TableSource(features)
-    if not isinstance(features, (str, Path)):
-        raise InputError(f"features: expected a FeatureTable (AnnData) or the path of its .h5ad, "
-                         f"got {type(features).__name__}")
-    path = Path(features)
-    if path.is_dir():
-        raise InputError(f"features={path} is a folder; expected an .h5ad FeatureTable (an SAE "
-                         "checkpoint goes in sae=, an activation store in store=)")
-    if not path.is_file():
-        raise FileNotFoundError(f"features: {path} not found")
-    try:
-        adata = ad.read_h5ad(path, backed="r")
-    except Exception as e:  # not HDF5, or not an AnnData
-        raise InputError(f"features={path} cannot be read as an .h5ad FeatureTable "
-                         f"({type(e).__name__}: {e})") from None
-    return _TableSource(adata, path)
+    from ..features import open_feature_table
+
+    return _TableSource(open_feature_table(features), Path(features))
 
 
 # -- back into the user's AnnData -------------------------------------------------------------

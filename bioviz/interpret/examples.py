@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..features import open_feature_table
 
 __all__ = ["SINGLE_SUBJECT_SHARE", "ROW_COLUMNS", "top_examples", "feature_summary",
            "top_composition", "activation_histogram", "write_feature_evidence"]
@@ -79,20 +80,10 @@ def _open(ft) -> tuple[ad.AnnData, bool]:
         if ft.X is None:
             raise InputError("ft: the AnnData has no X; expected a FeatureTable (SAE codes)")
         return ft, False
-    if not isinstance(ft, (str, Path)):
-        raise InputError(f"ft: expected a FeatureTable (AnnData) or the path of its .h5ad, got "
-                         f"{type(ft).__name__}")
-    path = Path(ft)
-    if not path.is_file():
-        raise InputError(f"ft={path}: no such file; expected an .h5ad FeatureTable")
-    try:
-        adata = ad.read_h5ad(path, backed="r")
-    except Exception as e:  # not HDF5, or not an AnnData
-        raise InputError(f"ft={path} cannot be read as an .h5ad FeatureTable "
-                         f"({type(e).__name__}: {e})") from None
+    adata = open_feature_table(ft, name="ft")
     if adata.X is None:
         adata.file.close()
-        raise InputError(f"ft={path}: the AnnData has no X; expected a FeatureTable (SAE codes)")
+        raise InputError(f"ft={ft}: the AnnData has no X; expected a FeatureTable (SAE codes)")
     return adata, True
 
 
