@@ -163,6 +163,7 @@ def check_out(path: Path, overwrite: bool) -> None:
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     df = df.copy()
+    df.attrs = {}  # run notes (tables, objects) are not parquet metadata; manifests carry them
     for col in df.columns:  # parquet needs one type per column: mixed objects become text
         if df[col].dtype == object and not df[col].map(lambda v: v is None or isinstance(v, str)).all():
             df[col] = df[col].map(lambda v: v if v is None else json.dumps(v, default=_jsonable)

@@ -177,15 +177,15 @@ def _association(rows, alpha):
     if sign_col == "direction":
         src.append(Source("association", r, "direction"))
     more = "higher" if sign > 0 else "lower"
-    if name in ("rho", "std_beta"):
-        what = f"{'rises' if sign > 0 else 'falls'} with {label}"
+    if name.startswith("log_hr"):
+        what = f"linked to {more} hazard ({label})"
     elif name == "epsilon_sq":
         what = f"differs across {label}"
-    elif name.startswith("log_hr"):
-        what = f"linked to {more} hazard ({label})"
-    elif " vs " in contrast:
+    elif " vs " in contrast:  # a binary label or one level against the rest, whatever the test
         a, b = contrast.split(" vs ", 1)
         what = f"{more} in {a} than {'the rest' if b == 'rest' else b}"
+    elif name in ("rho", "std_beta"):
+        what = f"{'rises' if sign > 0 else 'falls'} with {label}"
     else:
         what = f"associated with {label} ({contrast})"
     return [(f"{what}: {stats}", src)]

@@ -1,0 +1,76 @@
+"""interpret end to end on gene-token rows: a planted interferon feature found by associate is
+explained by its genes, its enrichment and its association, and written as a folder."""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import bioviz as bv
+from bioviz.interpret.evidence import interpret
+from bioviz.interpret.genesets import immune_gmt, read_gmt
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    """Gene-token rows: 24 subjects × 6 cells × 40 gene tokens. Feature f0 fires on
+    interferon genes, more in case subjects; f1..f7 fire at random."""
+    rng = np.random.default_rng(0)
+    sets = read_gmt(immune_gmt())
+    ifn = list(sets["IFN_TYPE_I_RESPONSE"].genes)
+    others = sorted({g for s in sets.values() for g in s.genes} - set(ifn))
+    genes = np.array(ifn + others)
+    rows, X = [], []
+    for s in range(24):
+        case = s % 2 == 1
+        for c in range(6):
+            for g in rng.choice(len(genes), 40, replace=False):
+                code = rng.exponential(0.3, 8) * (rng.random(8) < 0.2)
+                if genes[g] in ifn:
+                    code[0] = rng.exponential(1.0) + (1.5 if case else 0.2)
+                X.append(code)
+                rows.append({"subject_id": f"S{s:02d}", "sample_id": f"S{s:02d}", "cell_id": f"S{s:02d}_c{c}",
+                             "gene": genes[g], "diagnosis": "case" if case else "control"})
+    ft = ad.AnnData(sp.csr_matrix(np.asarray(X, np.float32)), obs=pd.DataFrame(rows),
+                    var=pd.DataFrame(index=[f"f{j}" for j in range(8)]))
+    ft.obs_names = ft.obs_names.astype(str)
+    tmp = tmp_path_factory.mktemp("tokens")
+    ft.write_h5ad(tmp / "features.h5ad")
+    findings = bv.associate(str(tmp / "features.h5ad"), ["diagnosis"], n_permutations=0, n_boot=0,
+                            n_stability=0, heldout=None, probes=False, out=str(tmp / "findings"), progress=False)
+    return {"tmp": tmp, "ft": ft, "findings": findings, "ifn": set(ifn)}
+
+
+def test_a_planted_interferon_feature_is_explained_and_written(tokens):
+    assert tokens["findings"].candidates.iloc[0]["feature"] == "f0"
+    result = interpret(tokens["tmp"] / "findings", top=3, progress=False)
+    row = result.features.set_index("feature").loc["f0"]
+    assert "IFN_TYPE_I_RESPONSE" in row["description"] and "higher in case than control" in row["description"]
+    top = result.tables["top_genes"]
+    assert set(top[top.feature == "f0"]["gene"].head(10)) <= tokens["ifn"]
+    enr = result.tables["enrichment"]
+    assert enr[enr.feature == "f0"].sort_values("q").iloc[0]["set"] == "IFN_TYPE_I_RESPONSE"
+    # every source the description names is a cell of a table that was written
+    for table, r, column in json.loads(row["sources"]):
+        if table != "association":  # the candidates table, written by the Findings
+            t = result.tables[table]
+            assert column in t.columns and r in t.index.astype(str)
+    out = tokens["tmp"] / "interpretation"
+    assert result.path == out and (out / "features.parquet").exists()
+    back = pd.read_parquet(out / "features.parquet")
+    assert back.set_index("feature").loc["f0", "description"] == row["description"]
+    assert (out / "features" / "f0" / "histogram.png").stat().st_size > 0
+    manifest = json.loads((out / "interpretation.json").read_text())
+    assert "interventions" in manifest["skipped"]  # no model given: said, not silently empty
+
+
+def test_an_existing_interpretation_is_not_replaced_unasked(tokens):
+    interpret(tokens["findings"], tokens["ft"], top=1, out=str(tokens["tmp"] / "again"), progress=False)
+    with pytest.raises(bv.InputError, match="overwrite=True"):
+        interpret(tokens["findings"], tokens["ft"], top=1, out=str(tokens["tmp"] / "again"), progress=False)
+    (tokens["tmp"] / "mine").mkdir()
+    with pytest.raises(bv.InputError, match="not an interpretation"):
+        interpret(tokens["findings"], tokens["ft"], top=1, out=str(tokens["tmp"] / "mine"), progress=False)
