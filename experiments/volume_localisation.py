@@ -150,7 +150,8 @@ def refined_maps(net, it, hook, ch, sign, stats, mean_neg, sigma=1.5, top=0.02):
     x = it["x"].clone().requires_grad_(True)
     shape = x.shape[2:]
     logit = net(x)[0, 0]
-    act = net.acts[hook][0]
+    full = net.acts[hook]
+    act = full[0]
     a = sign * act[ch]
     maps = {"raw": upsample(a.detach()[None], shape)[0]}
     mu, sd = stats[hook]
@@ -160,7 +161,8 @@ def refined_maps(net, it, hook, ch, sign, stats, mean_neg, sigma=1.5, top=0.02):
     g, = torch.autograd.grad((a * (a.detach() >= thr)).sum(), x, retain_graph=True)
     maps["gxi"] = smooth((g * x).detach()[0, 0].abs(), sigma)
     # Grad-CAM of the logit at this hook
-    ga, = torch.autograd.grad(logit, act)
+    ga, = torch.autograd.grad(logit, full)
+    ga = ga[0]
     w = ga.mean(dim=(1, 2, 3), keepdim=True)
     maps["gradcam"] = upsample(F.relu((w * act).sum(0)).detach()[None], shape)[0]
     ig = IntegratedGradients(lambda z: net(z)[:, :1])
@@ -215,9 +217,10 @@ def main(argv=None) -> int:
     picks = {("layer2 demo", 15): ("layer2", 15, 1.0 if aucs["layer2"][15] >= 0.5 else -1.0)}
     for h in HOOKS:
         c = int(np.argmax(np.abs(aucs[h] - 0.5)))
-        picks[(h, c)] = (h, c, 1.0 if aucs[h][c] >= 0.5 else -1.0)
         print(f"{h}: best channel {c} (selection voxel AUROC {aucs[h][c]:.3f}); "
               f"channel AUROCs {np.round(aucs[h], 2).tolist()}", flush=True)
+        if (h, c) != DEMO:  # the demo's channel has its own row already
+            picks[(h, c)] = (h, c, 1.0 if aucs[h][c] >= 0.5 else -1.0)
 
     rows = []
     diag = []
@@ -226,7 +229,7 @@ def main(argv=None) -> int:
         for it in held:
             for name, vol in refined_maps(net, it, h, c, sign, stats, mean_neg).items():
                 per.setdefault(name, []).append(score(adapter, it, vol))
-            if label.startswith(h) and h == "layer2":
+            if label == "layer2 demo":
                 diag.append(_diagnose(net, it, h, c, sign))
         for name, res in per.items():
             rows.append((f"{label}", c, name, *[float(np.mean([r[k] for r in res])) for k in
