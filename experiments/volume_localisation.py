@@ -12,12 +12,17 @@ the best threshold (an oracle upper bound). Maps compared:
 * ``raw``: the channel, trilinearly upsampled (what ``VolumeAdapter.to_nifti`` draws);
 * ``cell-oracle``: the true lesion fraction of each cell of that layer's grid, upsampled
   the same way: the ceiling any map on that grid can reach;
-* ``normative``: the channel minus its mean over negative (lesion-free) selection scans,
-  over their sd, per cell (scans are template warps, RAS after preprocessing);
+* ``normative``: the channel minus its mean over negative (lesion-free) selection scans, over
+  their sd, per cell (scans are template warps, RAS after preprocessing); ``norm-diff``:
+  without dividing by the sd;
 * ``gxi``: |gradient x input| of the channel summed over its top cells, Gaussian-smoothed;
 * ``ig-logit``: |integrated gradients| of the class logit (zero baseline), smoothed;
 * ``gradcam``: Grad-CAM of the class logit at the hook point;
-* ``ig-normative``: integrated gradients of the logit from the mean negative scan.
+* ``ig-norm s=σ``: integrated gradients of the logit from the mean negative scan, smoothed
+  with a Gaussian of σ voxels (``adapters/volume/refine.py``; s=1.5 is its default);
+* ``ig-chan-norm``: the same for the demo channel's summed activation instead of the logit;
+* ``neg-mean``: the channel's mean map over lesion-free scans (no lesion at all);
+* ``diff-only`` / ``diff-signed``: no model, |scan - healthy mean| / (healthy mean - scan).
 
 Prints one table (means over held-out positives) and a few diagnostics.
 """
@@ -156,6 +161,7 @@ def refined_maps(net, it, hook, ch, sign, stats, mean_neg, sigma=1.5, top=0.02):
     maps = {"raw": upsample(a.detach()[None], shape)[0]}
     mu, sd = stats[hook]
     maps["normative"] = upsample(((a.detach() - sign * mu[ch]) / sd[ch])[None], shape)[0]
+    maps["norm-diff"] = upsample((a.detach() - sign * mu[ch])[None], shape)[0]
     # gradient x input of the channel, summed over its strongest cells (the candidate region)
     thr = torch.quantile(a.detach().flatten(), 1 - top)
     g, = torch.autograd.grad((a * (a.detach() >= thr)).sum(), x, retain_graph=True)
@@ -165,14 +171,40 @@ def refined_maps(net, it, hook, ch, sign, stats, mean_neg, sigma=1.5, top=0.02):
     ga = ga[0]
     w = ga.mean(dim=(1, 2, 3), keepdim=True)
     maps["gradcam"] = upsample(F.relu((w * act).sum(0)).detach()[None], shape)[0]
-    ig = IntegratedGradients(lambda z: net(z)[:, :1])
-    for name, base in (("ig-logit", torch.zeros_like(it["x"])), ("ig-normative", mean_neg)):
-        att = ig.attribute(it["x"], baselines=base, target=0, n_steps=16, internal_batch_size=8)
-        maps[name] = smooth(att.detach()[0, 0].abs(), sigma)
+    maps["neg-mean"] = upsample(sign * mu[ch][None], shape)[0]  # no lesion: a location prior
+    if (hook, ch) == DEMO:  # the channel's own IG from the healthy mean (like ig-norm)
+        def chan(z):
+            net(z)
+            return (sign * net.acts[hook][:, ch]).flatten(1).sum(1, keepdim=True)
+        att = IntegratedGradients(chan).attribute(it["x"], baselines=mean_neg, target=0, n_steps=16,
+                                                  internal_batch_size=8)
+        maps["ig-chan-norm"] = smooth(att.detach()[0, 0].abs(), sigma)
     # the ceiling of any map living on this hook's grid: the true lesion share of each cell
     stride = [s // n for s, n in zip(shape, act.shape[1:])]
     frac = F.avg_pool3d(it["mask_pp"].float()[None, None], stride)[0]
     maps["cell-oracle"] = upsample(frac, shape)[0]
+    return maps
+
+
+def logit_maps(net, it, mean_neg, sigma=1.5):
+    """Maps of the class logit, independent of any channel, plus a model-free control."""
+    from captum.attr import IntegratedGradients
+
+    from bioviz.adapters.volume.refine import attribution_map
+
+    ig = IntegratedGradients(lambda z: net(z)[:, :1])
+    maps = {}
+    att = ig.attribute(it["x"], baselines=torch.zeros_like(it["x"]), target=0, n_steps=16,
+                       internal_batch_size=8)
+    maps["ig-logit"] = smooth(att.detach()[0, 0].abs(), sigma)
+    # the reusable fix (adapters/volume/refine.py): IG of the logit from the healthy mean scan
+    raw = attribution_map(net.model, it["x"][0], mean_neg[0], n_steps=32, sigma_vox=0)
+    maps["ig-norm s=0"] = raw
+    maps["ig-norm s=1.5"] = smooth(raw, sigma)  # = attribution_map(..., sigma_vox=1.5)
+    maps["ig-norm s=3"] = smooth(raw, 2 * sigma)
+    # control without the model: how far the scan is from the healthy mean, smoothed alike
+    maps["diff-only"] = smooth((it["x"] - mean_neg)[0, 0].abs(), sigma)
+    maps["diff-signed"] = smooth((mean_neg - it["x"])[0, 0], sigma)  # darker than healthy
     return maps
 
 
@@ -191,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/bioviz_volume_loc")
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--lesion-centre", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                    help="MNI mm of the planted lesion (default: the demo's training site)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     from tqdm.auto import tqdm
@@ -199,10 +233,12 @@ def main(argv=None) -> int:
     from bioviz.adapters.volume.demo import demo_adapter
 
     t0 = time.time()
-    cohort_dir = Path(args.work) / f"cohort_n{args.n}_s{args.seed}"
+    where = {} if args.lesion_centre is None else {"lesion_centre_mm": tuple(args.lesion_centre)}
+    tag = "" if not where else "_c" + "_".join(f"{v:g}" for v in args.lesion_centre)
+    cohort_dir = Path(args.work) / f"cohort_n{args.n}_s{args.seed}{tag}"
     manifest = cohort_dir / "manifest.csv"
     if not manifest.is_file():
-        make_brain_cohort(cohort_dir, n_subjects=args.n, seed=args.seed)
+        make_brain_cohort(cohort_dir, n_subjects=args.n, seed=args.seed, **where)
     adapter = demo_adapter()
     net = Net(adapter.model.eval())
     items = load(adapter, manifest)
@@ -212,6 +248,11 @@ def main(argv=None) -> int:
           f"({sum(i['label'] for i in sel)} positive), held-out positives {len(held)} "
           f"({time.time() - t0:.0f} s)", flush=True)
 
+    with torch.no_grad():
+        logit = np.array([float(net(it["x"])[0, 0]) for it in items])
+    lab = np.array([it["label"] for it in items])
+    print(f"classifier on this cohort: AUROC {voxel_auroc(logit[None], lab)[0]:.3f}, "
+          f"accuracy {((logit > 0) == lab).mean():.2f}", flush=True)
     aucs = select_channels(net, sel)
     stats, mean_neg = normative_stats(net, sel)
     picks = {("layer2 demo", 15): ("layer2", 15, 1.0 if aucs["layer2"][15] >= 0.5 else -1.0)}
@@ -235,6 +276,14 @@ def main(argv=None) -> int:
             rows.append((f"{label}", c, name, *[float(np.mean([r[k] for r in res])) for k in
                                                 ("dice", "best_dice", "auroc", "pointing_hit",
                                                  "peak_distance_mm")]))
+    per = {}
+    for it in tqdm(held, desc="logit maps", unit="scan"):
+        for name, vol in logit_maps(net, it, mean_neg).items():
+            per.setdefault(name, []).append(score(adapter, it, vol))
+    for name, res in per.items():
+        rows.append(("logit", 0, name, *[float(np.mean([r[k] for r in res])) for k in
+                                         ("dice", "best_dice", "auroc", "pointing_hit",
+                                          "peak_distance_mm")]))
     print(f"\nheld-out positives: n={len(held)}; means over scans, original scan grid "
           f"(map_agreement within the head)\n")
     head = f"{'hook':<12}{'ch':>4}  {'map':<13}{'dice':>7}{'best':>7}{'auroc':>7}{'point':>7}{'peak mm':>9}"

@@ -194,6 +194,9 @@ def test_case6_brain_cohort_overwrite_never_deletes_a_real_cohort(tmp_path):
     (made / "images" / "sub-001_notes.txt").unlink()
     make_brain_cohort(made, 2, voxel_mm=6.0, seed=1, overwrite=True, progress=False)  # its own
     assert json.loads((made / "cohort.json").read_text())["seed"] == 1
+    # overwrite=True on a new folder (as the demo's training script asks) has nothing to replace
+    make_brain_cohort(tmp_path / "new", 2, voxel_mm=6.0, overwrite=True, progress=False)
+    assert (tmp_path / "new" / "cohort.json").exists()
 
 
 # -- case 7: one writer per artifact --------------------------------------------------------

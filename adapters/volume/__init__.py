@@ -5,7 +5,8 @@ One module per thing it owns: ``cohort`` (the manifest), ``io`` (reading and che
 scan), ``preprocess`` (MONAI transform chains and their inverse), ``networks`` (MONAI
 networks, weights, bundles, hook points), ``windows`` (sliding windows that stitch hooked
 layers), ``adapter`` (:class:`VolumeAdapter`), ``maps`` and ``montage`` (the reverse path),
-``agreement`` (maps against ground-truth masks), ``phantom`` (a brain-MRI-like cohort with
+``agreement`` (maps against ground-truth masks), ``refine`` (attribution-refined maps that
+localise: integrated gradients from a lesion-free baseline), ``phantom`` (a brain-MRI-like cohort with
 planted lesions, from the MNI152 template), ``demo`` (the shipped demo model in
 ``demo_model/``). Checkpoints load through :mod:`bioviz.adapters.weights`.
 """
@@ -26,10 +27,11 @@ from .networks import (
 )
 from .phantom import make_brain_cohort
 from .preprocess import PRESETS, PreprocessError
+from .refine import attribution_map, healthy_baseline, refined_to_nifti
 
 __all__ = [
     "VolumeAdapter", "Cohort", "CohortError", "Scan", "ScanError", "load_scan", "map_agreement",
     "montage", "build_network", "hook_points", "load_weights", "read_bundle", "WeightsError",
     "WeightsReport", "PRESETS", "PreprocessError", "demo_adapter", "demo_bundle_path",
-    "make_brain_cohort",
+    "make_brain_cohort", "attribution_map", "healthy_baseline", "refined_to_nifti",
 ]

@@ -89,7 +89,8 @@ def make_brain_cohort(out_dir, n_subjects: int = 40, *, seed: int = 0, voxel_mm:
                                     "overwrite=True to replace the cohort")
     out.mkdir(parents=True, exist_ok=True)
     with ArtifactLock(out, "cohort"):
-        if overwrite:
+        # a new or empty folder has nothing to replace (its lock file is all it holds)
+        if overwrite and any(e.name != LOCK_NAME for e in out.iterdir()):
             _clear_cohort(out)
         return _write_cohort(out, manifest, n_subjects, seed, voxel_mm, positive_fraction,
                              lesion_centre_mm, lesion_radius_mm, lesion_contrast, lesion_jitter_mm,
