@@ -9,3 +9,13 @@ class BiovizError(Exception):
 
 class InputError(BiovizError, ValueError):
     """A file, table, column or parameter that is not what bioviz expects."""
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int when it is a positive integer (not a bool), else an InputError
+    naming the parameter."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import InputError
-from .resample import _positive_int, permutations
+from ..errors import InputError, positive_int
+from .resample import permutations
 
 __all__ = ["bh", "by", "westfall_young"]
 
@@ -131,8 +131,8 @@ def westfall_young(observed_p, permuted_p: Callable[[np.ndarray], np.ndarray], *
     never the ``B × n_features`` permuted p-values.
     """
     p = _check_p(observed_p, "observed_p")
-    n_permutations = _positive_int(n_permutations, "n_permutations")
-    n_subjects = _positive_int(n_subjects, "n_subjects")
+    n_permutations = positive_int(n_permutations, "n_permutations")
+    n_subjects = positive_int(n_subjects, "n_subjects")
     if method not in ("single-step", "stepdown"):
         raise InputError(f"method must be 'single-step' or 'stepdown', got {method!r}")
     tested = np.flatnonzero(~np.isnan(p))

@@ -17,16 +17,10 @@ from numbers import Integral
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import InputError
+from ..errors import InputError, positive_int
 
 __all__ = ["permutations", "bootstrap_indices", "bootstrap_ci", "selection_stability", "split",
            "grouped_folds"]
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _codes(values, n: int, name: str) -> np.ndarray:
@@ -78,8 +72,8 @@ def permutations(n: int, *, strata=None, n_permutations: int, seed) -> Iterator[
         outcome with ``outcome.take(idx)``. The identity is not excluded (it is as likely as
         any other permutation, which keeps permutation p-values valid).
     """
-    n = _positive_int(n, "n")
-    n_permutations = _positive_int(n_permutations, "n_permutations")
+    n = positive_int(n, "n")
+    n_permutations = positive_int(n_permutations, "n_permutations")
     layout = None if strata is None else _Strata(strata, n)
     rng = np.random.default_rng(seed)
     for _ in range(n_permutations):
@@ -114,8 +108,8 @@ def bootstrap_indices(n: int, *, strata=None, n_boot: int, seed) -> Iterator[np.
     numpy.ndarray of int, shape (n,)
         ``idx`` with ``strata[idx] == strata``; index both ``X`` and the outcome with it.
     """
-    n = _positive_int(n, "n")
-    n_boot = _positive_int(n_boot, "n_boot")
+    n = positive_int(n, "n")
+    n_boot = positive_int(n_boot, "n_boot")
     layout = None if strata is None else _Strata(strata, n)
     rng = np.random.default_rng(seed)
     for _ in range(n_boot):
@@ -180,8 +174,8 @@ def bootstrap_ci(effect_fn: Callable[[np.ndarray], np.ndarray], n: int, *, strat
     -----
     Holds all ``n_boot × n_features`` effects (float64) to take exact percentiles.
     """
-    n = _positive_int(n, "n")
-    n_boot = _positive_int(n_boot, "n_boot")
+    n = positive_int(n, "n")
+    n_boot = positive_int(n_boot, "n_boot")
     if isinstance(level, bool) or not isinstance(level, (float, Integral)) or not 0 < level < 1:
         raise InputError(f"level must be a number in (0, 1) such as 0.95, got {level!r}")
     effects = None
@@ -231,8 +225,8 @@ def selection_stability(select_fn: Callable[[np.ndarray], np.ndarray], n: int, *
     numpy.ndarray of float64, shape (n_features,)
         Share of resamples that selected each feature, in [0, 1].
     """
-    n = _positive_int(n, "n")
-    n_boot = _positive_int(n_boot, "n_boot")
+    n = positive_int(n, "n")
+    n_boot = positive_int(n_boot, "n_boot")
     counts = None
     resamples = bootstrap_indices(n, strata=strata, n_boot=n_boot, seed=seed)
     for b, idx in enumerate(tqdm(resamples, total=n_boot, desc="stability", disable=not progress)):
@@ -284,7 +278,7 @@ def split(n: int, *, stratify=None, heldout: float = 0.3,
         Sorted, disjoint, together ``range(n)``. The held-out size is ``round(n * heldout)``
         unless the per-class guarantee needs a few subjects more or fewer.
     """
-    n = _positive_int(n, "n")
+    n = positive_int(n, "n")
     if isinstance(heldout, bool) or not isinstance(heldout, (float, Integral)) \
             or not 0 < heldout < 1:
         raise InputError(f"heldout must be a share in (0, 1) such as 0.3, got {heldout!r}")
@@ -350,7 +344,7 @@ def grouped_folds(groups, *, y=None, n_splits: int = 5,
         raise InputError(f"groups must be a non-empty 1-D array (one group per row), "
                          f"got shape {groups.shape}")
     codes = _codes(groups, n_rows, "groups")
-    n_splits = _positive_int(n_splits, "n_splits")
+    n_splits = positive_int(n_splits, "n_splits")
     n_groups = codes.max() + 1
     if n_splits < 2 or n_groups < n_splits:
         raise InputError(f"n_splits={n_splits} folds need at least 2 folds and at least as "

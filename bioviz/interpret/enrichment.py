@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import sparse, stats
 from tqdm.auto import tqdm
 
-from ..errors import InputError
+from ..errors import InputError, positive_int
 from .genesets import _universe, check_universe
 
 __all__ = ["overrepresentation", "preranked"]
@@ -50,12 +50,6 @@ def _sets_in(sets, universe, min_size: int):
                          f"{int(report['n_in_universe'].max())} genes); check that the sets and "
                          "the data use the same species and identifiers (symbols vs Ensembl IDs)")
     return kept, report
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _tidy(features, set_names, columns: dict, sort_by: list, ascending: list) -> pd.DataFrame:
@@ -127,7 +121,7 @@ def overrepresentation(gene_lists, sets, universe, *, min_size: int = 5) -> pd.D
     genes = list(dict.fromkeys(_universe(universe)))
     where = {g: i for i, g in enumerate(genes)}
     features, rows = _gene_lists(gene_lists, where)
-    kept, report = _sets_in(sets, genes, _positive_int(min_size, "min_size"))
+    kept, report = _sets_in(sets, genes, positive_int(min_size, "min_size"))
     names = list(kept)
     lists = _membership(rows, len(genes))
     members = _membership([[where[g] for g in kept[s].genes] for s in names], len(genes))
@@ -267,12 +261,12 @@ def preranked(scores, sets, *, n_permutations: int = 1000, seed: int = 0, min_si
         a set holding every gene. ``.attrs["universe_report"]`` is ``check_universe``'s report.
     """
     x = _scores(scores)
-    n_perm = _positive_int(n_permutations, "n_permutations")
+    n_perm = positive_int(n_permutations, "n_permutations")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InputError(f"seed must be an integer, got {seed!r}")
     gene_names = np.asarray([str(g) for g in scores.index], dtype=object)
     where = {g: i for i, g in enumerate(gene_names)}
-    kept, report = _sets_in(sets, gene_names, _positive_int(min_size, "min_size"))
+    kept, report = _sets_in(sets, gene_names, positive_int(min_size, "min_size"))
     names = list(kept)
     n_genes, n_feat = x.shape
 

@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from ..errors import InputError
+from ..errors import InputError, positive_int
 from ..features import open_feature_table
 
 __all__ = ["SINGLE_SUBJECT_SHARE", "ROW_COLUMNS", "top_examples", "feature_summary",
@@ -143,12 +143,6 @@ def _read(ft, features, *, progress: bool = False) -> _Columns:
             adata.file.close()
 
 
-def _n(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _meta_columns(obs: pd.DataFrame, columns, label, subject_key) -> list[str]:
     if columns is None:
         cols = [c for c in obs.columns if c in ROW_COLUMNS or _GRID.match(str(c))]
@@ -231,7 +225,7 @@ def top_examples(ft, features, *, n: int = 20, label: str | None = None,
     UserWarning
         Naming the features that never fire (they give no rows).
     """
-    n = _n(n, "n")
+    n = positive_int(n, "n")
     c = _read(ft, features, progress=progress)
     _need_columns(c.obs, {"subject_key": subject_key, "label": label})
     return _examples(c, n, label, subject_key, columns)
@@ -330,7 +324,7 @@ def feature_summary(ft, features, *, n_top: int = 50, label: str | None = None,
     UserWarning
         Naming the features that never fire.
     """
-    n_top = _n(n_top, "n_top")
+    n_top = positive_int(n_top, "n_top")
     c = _read(ft, features, progress=progress)
     _need_columns(c.obs, {"subject_key": subject_key, "label": label})
     return _summary(c, n_top, label, subject_key)
@@ -478,7 +472,7 @@ def write_feature_evidence(ft, features, out_dir, *, n: int = 20, n_top: int = 5
         ``out_dir``. Each feature folder is written under a temporary name and renamed into
         place: it is complete or absent.
     """
-    n, n_top = _n(n, "n"), _n(n_top, "n_top")
+    n, n_top = positive_int(n, "n"), positive_int(n_top, "n_top")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"out_dir={out} is a file; expected a folder")

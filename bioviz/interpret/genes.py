@@ -25,7 +25,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from ..analysis import aggregate
-from ..errors import InputError
+from ..errors import InputError, positive_int
 from .enrichment import _bh_rows
 
 __all__ = ["token_genes", "cell_scores", "active_cell_de", "cell_type_composition",
@@ -78,12 +78,8 @@ def _features(adata: ad.AnnData, features, name: str = "ft") -> np.ndarray:
 
 
 def _positive_int(value, name: str, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InputError(f"{name}={value!r}: expected a positive integer"
-                         + (" (or None for all)" if allow_none else ""))
-    return int(value)
+    """:func:`~bioviz.errors.positive_int`, or None where None means "all"."""
+    return None if value is None and allow_none else positive_int(value, name)
 
 
 def _finite(value, name: str) -> float:
