@@ -12,8 +12,9 @@ import scanpy as sc
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from bioviz.analysis.multiple import bh_rows
 from bioviz.errors import InputError
-from bioviz.interpret.enrichment import _bh_rows, overrepresentation, preranked
+from bioviz.interpret.enrichment import overrepresentation, preranked
 from bioviz.interpret.genesets import GeneSet, check_universe, immune_gmt, read_gmt
 
 
@@ -113,7 +114,7 @@ def test_bh_per_row_matches_statsmodels_and_leaves_nan_out():
     p[1, [2, 7]] = np.nan
     p[2, :] = np.nan
     p[3, :4] = 0.01  # ties
-    q = _bh_rows(p)
+    q = bh_rows(p)
     for row_p, row_q in zip(p, q):
         ok = ~np.isnan(row_p)
         assert np.array_equal(np.isnan(row_q), ~ok)

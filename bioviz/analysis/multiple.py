@@ -67,6 +67,22 @@ def bh(p) -> np.ndarray:
     return _step_up(p, dependence_factor=False)
 
 
+def bh_rows(p) -> np.ndarray:
+    """Benjamini–Hochberg q-values within each row of a 2-D array (one family per row, e.g.
+    the gene sets of one feature), all rows at once; NaN stays NaN and is not counted in m."""
+    p = np.asarray(p, dtype=np.float64)
+    order = np.argsort(p, axis=1, kind="stable")  # NaN sorts last
+    ps = np.take_along_axis(p, order, axis=1)
+    m = (~np.isnan(p)).sum(axis=1, keepdims=True)
+    adj = np.where(np.isnan(ps), np.inf, ps * m / np.arange(1, p.shape[1] + 1))
+    # the running minimum from the largest p down keeps q monotone in p
+    adj = np.minimum(1.0, np.minimum.accumulate(adj[:, ::-1], axis=1)[:, ::-1])
+    adj[np.isnan(ps)] = np.nan
+    q = np.empty_like(p)
+    np.put_along_axis(q, order, adj, axis=1)
+    return q
+
+
 def by(p) -> np.ndarray:
     """Benjamini–Yekutieli adjusted p-values: FDR control under any dependence (BH times
     ``sum(1/i, i=1..m)``).

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import sparse, stats
 from tqdm.auto import tqdm
 
+from ..analysis.multiple import bh_rows
 from ..errors import InputError, positive_int
 from .genesets import _universe, check_universe
 
@@ -26,21 +27,6 @@ __all__ = ["overrepresentation", "preranked"]
 
 # elements per working array of the permutation null (16 MB of float64)
 _BLOCK = 2_000_000
-
-
-def _bh_rows(p: np.ndarray) -> np.ndarray:
-    """Benjamini–Hochberg q-values within each row; NaN stays NaN and is not counted in m."""
-    p = np.asarray(p, dtype=np.float64)
-    order = np.argsort(p, axis=1, kind="stable")  # NaN sorts last
-    ps = np.take_along_axis(p, order, axis=1)
-    m = (~np.isnan(p)).sum(axis=1, keepdims=True)
-    adj = np.where(np.isnan(ps), np.inf, ps * m / np.arange(1, p.shape[1] + 1))
-    # the running minimum from the largest p down keeps q monotone in p
-    adj = np.minimum(1.0, np.minimum.accumulate(adj[:, ::-1], axis=1)[:, ::-1])
-    adj[np.isnan(ps)] = np.nan
-    q = np.empty_like(p)
-    np.put_along_axis(q, order, adj, axis=1)
-    return q
 
 
 def _sets_in(sets, universe, min_size: int):
@@ -153,7 +139,7 @@ def overrepresentation(gene_lists, sets, universe, *, min_size: int = 5) -> pd.D
     out = _tidy(features, names, {
         "n_overlap": k, "n_list": np.broadcast_to(n, k.shape),
         "n_set": np.broadcast_to(m, k.shape), "n_universe": np.full(k.shape, n_universe),
-        "odds_ratio": odds, "p": p, "q": _bh_rows(p), "overlap_genes": overlap,
+        "odds_ratio": odds, "p": p, "q": bh_rows(p), "overlap_genes": overlap,
     }, sort_by=["p", "n_overlap"], ascending=[True, False])
     out.attrs["universe_report"] = report
     return out
@@ -316,7 +302,7 @@ def preranked(scores, sets, *, n_permutations: int = 1000, seed: int = 0, min_si
             edge[f0 + i, cols[j]] = ",".join(gene_names[order[f0 + i, ranks]])
 
     out = _tidy(list(scores.columns), names,
-                {"es": es, "nes": nes, "p": p, "q": _bh_rows(p), "leading_edge": edge,
+                {"es": es, "nes": nes, "p": p, "q": bh_rows(p), "leading_edge": edge,
                  "_abs_nes": np.abs(nes)},
                 sort_by=["p", "_abs_nes"], ascending=[True, False]).drop(columns="_abs_nes")
     out.attrs["universe_report"] = report

@@ -25,8 +25,8 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from ..analysis import aggregate
+from ..analysis.multiple import bh_rows
 from ..errors import InputError, positive_int
-from .enrichment import _bh_rows
 
 __all__ = ["token_genes", "cell_scores", "active_cell_de", "cell_type_composition",
            "gene_lists", "gene_scores"]
@@ -470,7 +470,7 @@ def active_cell_de(adata, cell_features, features=None, *, threshold: float = 0.
         constant = ties == n_cells ** 3.0 - n_cells  # one tie group: no information
         z = np.where(np.isfinite(z), z, 0.0)
         p = np.where(constant[:, None], np.nan, 2 * stats.norm.sf(np.abs(z)))
-        q = _bh_rows(p.T).T
+        q = bh_rows(p.T).T
         sums = np.asarray((Xt @ a).todense())
         mean_a, mean_r = sums / na, (totals[:, None] - sums) / nr
         lfc = np.log2((np.expm1(mean_a) + 1e-9) / (np.expm1(mean_r) + 1e-9))
