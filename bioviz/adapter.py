@@ -180,6 +180,28 @@ class Adapter(ABC):
         """
         return []
 
+    # -- evidence mapped back to the input ----------------------------------------------------
+
+    def evidence(self, table, features: list[str], *, data=None, sae=None,
+                 subjects: pd.DataFrame | None = None, label: str | None = None, out=None,
+                 progress: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+        """Evidence of SAE ``features`` mapped back to the model's input space: the motifs of
+        the sequence windows where a feature fires, its maps over the original scans.
+
+        ``table`` is the FeatureTable (AnnData: rows as :meth:`rows` made them, with their
+        obs; ``features`` among its var names), ``data`` the cohort the rows came from,
+        ``sae`` the loaded SAE (for attribution through the model; may be None), ``subjects``
+        the per-subject clinical table (index ``subject_id``) with ``label`` the column that
+        groups them, ``out`` a folder (a :class:`pathlib.Path`, may be None) for files
+        (NIfTI, figures). Returns ``(tables, skipped)``: tidy DataFrames by name, each with a
+        ``feature`` column, and ``{evidence: reason}`` for what could not be gathered.
+
+        The default gathers nothing and says why: an adapter whose rows do not map back to
+        an input space (single-cell rows are already genes and cells) keeps it.
+        """
+        return {}, {"input_space": f"{type(self).__name__} does not map features back to its inputs "
+                                   "(no motif or map evidence for these rows)"}
+
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """The batch with every tensor in ``inputs`` and ``extra`` moved to ``device``."""

@@ -9,6 +9,7 @@ train      LightningCLI over :class:`~bioviz.sae.train.SAEModule` and
            :class:`~bioviz.sae.data.ActivationDataModule` (Python: :func:`bioviz.train`)
 encode     :func:`bioviz.features.encode`
 associate  :func:`bioviz.analysis.associate` (writes a Findings directory)
+interpret  :func:`bioviz.interpret.interpret` (writes ``interpretation/`` beside the Findings)
 info       :func:`bioviz.store.info.describe`
 demo       :func:`bioviz.demo.run`
 =========  ==============================================================================
@@ -179,6 +180,7 @@ def _stages() -> dict[str, _Stage]:
     from .demo import run
     from .extract import extract
     from .features import encode
+    from .interpret import interpret
     from .store.info import describe
 
     return {
@@ -186,6 +188,7 @@ def _stages() -> dict[str, _Stage]:
         "layers": _Stage(layers, config=_AdapterSection, seed=True),
         "encode": _Stage(encode, positional=True),
         "associate": _Stage(associate),
+        "interpret": _Stage(interpret),
         "info": _Stage(describe, config=None, positional=True),
         "demo": _Stage(run, show=False),
     }

@@ -20,6 +20,7 @@ from bioviz.cli import main
 from bioviz.demo import run
 from bioviz.extract import extract
 from bioviz.features import encode
+from bioviz.interpret import interpret
 from bioviz.sae.data import ActivationDataModule
 from bioviz.sae.train import SAEModule
 from bioviz.store import ActivationStore
@@ -35,6 +36,7 @@ STAGES = {
     "encode": (encode, set()),
     "info": (describe, set()),
     "demo": (run, set()),
+    "interpret": (interpret, set()),
 }
 
 

@@ -74,3 +74,44 @@ def test_an_existing_interpretation_is_not_replaced_unasked(tokens):
     (tokens["tmp"] / "mine").mkdir()
     with pytest.raises(bv.InputError, match="not an interpretation"):
         interpret(tokens["findings"], tokens["ft"], top=1, out=str(tokens["tmp"] / "mine"), progress=False)
+
+
+def test_cli_interpret_from_a_config(tokens, capsys):
+    from bioviz.cli import main
+
+    cfg = tokens["tmp"] / "interpret.yaml"
+    out = tokens["tmp"] / "cli_interpretation"
+    cfg.write_text(f"findings: {tokens['tmp'] / 'findings'}\ntop: 2\nn_permutations: 50\n"
+                   f"progress: false\nout: {out}\n")
+    assert main(["interpret", "--config", str(cfg)]) == 0
+    printed = capsys.readouterr().out
+    assert "f0: " in printed and "IFN_TYPE_I_RESPONSE" in printed and "skipped input_space" in printed
+    want = tokens["findings"].candidates.drop_duplicates("feature").head(2)["feature"].tolist()
+    assert pd.read_parquet(out / "features.parquet")["feature"].tolist() == want
+    # a second run without overwrite is refused before any work, with the message alone
+    assert main(["interpret", "--config", str(cfg)]) == 1
+    assert "overwrite=True" in capsys.readouterr().err
+
+
+def test_candidates_named_and_refused(tokens, tmp_path):
+    result = interpret(tokens["findings"], tokens["ft"], candidates=["f3", "f0"], out=tmp_path / "i",
+                       progress=False)
+    assert list(result.features["feature"]) == ["f3", "f0"]
+    with pytest.raises(bv.InputError, match=r"f9 are not in the FeatureTable.*another SAE"):
+        interpret(tokens["findings"], tokens["ft"], candidates=["f0", "f9"], out=tmp_path / "j", progress=False)
+    assert not (tmp_path / "j").exists()
+    # the preranked test runs over every gene, and the gene sets' coverage is counted
+    pre = result.tables["enrichment_preranked"]
+    assert pre[pre.feature == "f0"].sort_values("p").iloc[0]["set"] == "IFN_TYPE_I_RESPONSE"
+    cover = result.tables["gene_sets"]
+    assert (cover["n_genes"] == cover["n_in_universe"] + cover["n_unknown"]).all()
+
+
+def test_a_feature_that_never_fires_is_said_so(tokens, tmp_path):
+    ft = tokens["ft"].copy()
+    X = ft.X.tolil()
+    X[:, 5] = 0
+    ft.X = sp.csr_matrix(X)
+    with pytest.warns(UserWarning, match="f5 never fires"):
+        result = interpret(tokens["findings"], ft, candidates=["f5"], out=tmp_path / "i", progress=False)
+    assert "never fires" in result.features.set_index("feature").loc["f5", "description"]

@@ -44,7 +44,8 @@ class TestResult:
 
     @property
     def direction(self) -> np.ndarray:
-        return np.sign(self.effect - self.null).astype(np.int8)
+        # an undefined effect (a constant feature) has no direction: 0, not a cast warning
+        return np.nan_to_num(np.sign(self.effect - self.null), nan=0.0).astype(np.int8)
 
     def __len__(self) -> int:
         return len(self.p)

@@ -17,14 +17,20 @@ import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..adapter import Adapter
+from ..analysis import Findings
+from ..errors import InputError, positive_int
 from ..features import open_feature_table
+from ..sae import SparseAutoencoder, load_sae
 
-TABLES = ("summary", "examples", "top_genes", "composition", "enrichment", "de", "interventions")
+TABLES = ("summary", "examples", "top_genes", "composition", "enrichment", "enrichment_preranked", "gene_sets", "de",
+          "motifs", "windows", "maps", "map_groups", "interventions")
 
 
 @dataclass
@@ -39,15 +45,20 @@ class Interpretation:
 
     def __repr__(self) -> str:
         where = f" at {self.path}" if self.path else ""
-        return (f"Interpretation{where}: {len(self.features)} features; evidence: "
-                f"{', '.join(k for k, v in self.tables.items() if len(v)) or 'none'}")
+        lines = [f"Interpretation{where}: {len(self.features)} features; evidence: "
+                 f"{', '.join(k for k, v in self.tables.items() if len(v)) or 'none'}"]
+        lines += [f"  {r.feature}: {r.description}" for r in self.features.head(10).itertuples()]
+        lines += [f"  skipped {k}: {v}" for k, v in self.skipped.items()]
+        return "\n".join(lines)
 
 
-def interpret(findings, features=None, *, top: int = 10, label: str | None = None,
+def interpret(findings: Findings | str | os.PathLike, features: ad.AnnData | str | None = None, *,
+              top: int = 10, candidates: list[str] | None = None, label: str | None = None,
               gene_sets: str | None = "immune", cell_key: str = "cell_id", groupby: str | None = None,
-              expression: ad.AnnData | str | None = None, adapter=None, data=None, sae=None,
-              n_random: int = 20, alpha: float = 0.05, out: str | None = None, overwrite: bool = False,
-              seed: int = 0, progress: bool = True) -> Interpretation:
+              expression: ad.AnnData | str | None = None, adapter: Adapter | None = None, data: Any = None,
+              sae: SparseAutoencoder | str | None = None, n_random: int = 20, n_permutations: int = 1000,
+              alpha: float = 0.05, out: str | None = None, overwrite: bool = False, seed: int = 0,
+              progress: bool = True) -> Interpretation:
     """Gather the evidence of what each of the ``top`` candidate features is.
 
     Parameters
@@ -58,12 +69,16 @@ def interpret(findings, features=None, *, top: int = 10, label: str | None = Non
         The FeatureTable the Findings were made from (default: the path its manifest records).
     top
         How many candidates (by rank; each feature once).
+    candidates
+        Feature names to explain instead of the Findings' top candidates (e.g. ``["f12"]``);
+        every one must be a feature of the FeatureTable (and of ``sae``).
     label
         A row-metadata column whose composition in the top rows is reported (default: the
         label of each feature's best candidate row, when it is in the row metadata).
     gene_sets
         ``"immune"`` (the shipped immune programmes), a GMT path, or None: enrichment of the
-        driving genes (over-representation, BH per feature).
+        driving genes (over-representation, BH per feature; and a preranked test over all
+        genes with ``n_permutations`` random sets).
     cell_key, groupby
         For gene-token rows: the cell column, and a cell-level column (a cell type) whose
         composition among firing cells is reported.
@@ -71,8 +86,11 @@ def interpret(findings, features=None, *, top: int = 10, label: str | None = Non
         The cohort's own expression AnnData (cells × genes, log-normalised, obs_names = cell
         ids): genes differentially expressed in feature-active cells.
     adapter, data, sae
-        The model's adapter, items to run and the SAE: interventions (ablation) of each
-        feature against ``n_random`` random features of similar density.
+        The model's adapter, the cohort it ran on and the SAE (or its checkpoint folder):
+        evidence in the input space (motifs of the DNA windows where a feature fires; maps
+        over the original scans, refined by attribution when ``sae`` is given) and
+        interventions (ablation) of each feature against ``n_random`` random features of
+        similar density.
     alpha
         Results with q at or above this are reported as absent.
     out
@@ -80,40 +98,109 @@ def interpret(findings, features=None, *, top: int = 10, label: str | None = Non
     overwrite
         Replace ``out`` when it holds an interpretation.
     seed
-        Seeds the random features of interventions.
+        Seeds the random features of interventions and the preranked null.
     progress
         Progress bars.
     """
-    from ..analysis import Findings
-
     if not isinstance(findings, Findings):
         findings = Findings.read(findings)
-    if top < 1:
-        raise InputError(f"top={top}: expected at least 1 candidate")
-    cand = findings.candidates.drop_duplicates("feature").head(top)
-    names = [str(f) for f in cand["feature"]]
+    top = positive_int(top, "top")
     ft = _feature_table(features, findings)
-    tables: dict[str, pd.DataFrame] = {"association": cand}
-    skipped: dict[str, str] = {}
-    if not names:
-        skipped["all"] = "no candidate features in the Findings"
-    else:
-        _generic(tables, ft, names, cand, label, progress)
-        _genomic(tables, skipped, ft, names, gene_sets, cell_key, groupby, expression, progress)
-        _causal(tables, skipped, adapter, data, sae, names, n_random, seed, progress)
-    from .describe import describe_all
-
-    described = describe_all(names, {k: v for k, v in tables.items() if k in _DESCRIBED and len(v)},
-                             alpha=alpha)
-    described.insert(1, "rank", cand["rank"].to_numpy()[:len(described)])
-    described["sources"] = described["sources"].map(lambda s: json.dumps([list(map(str, x)) for x in s]))
-    result = Interpretation(features=described, tables={k: v for k, v in tables.items() if k != "association"},
-                            skipped=skipped)
+    sae = load_sae(sae) if isinstance(sae, (str, os.PathLike)) else sae
+    cand = _candidates(findings, candidates, top, ft, sae)
+    names = [str(f) for f in cand["feature"]]
     if out is None and findings.path is not None:
         out = Path(findings.path).parent / "interpretation"
+    out = Path(out) if out is not None else None
     if out is not None:
-        _write(result, ft, names, Path(out), overwrite, findings, progress)
+        _check_out(out, overwrite)
+    tables: dict[str, pd.DataFrame] = {"association": cand}
+    skipped: dict[str, str] = {}
+    notes: dict[str, object] = {}
+    tmp = _staging(out)
+    try:
+        if not names:
+            skipped["all"] = "no candidate features in the Findings"
+        else:
+            _generic(tables, ft, names, cand, label, progress)
+            _genomic(tables, skipped, notes, ft, names, gene_sets, cell_key, groupby, expression,
+                     n_permutations, seed, progress)
+            _input_space(tables, skipped, adapter, data, sae, ft, names, cand, findings, tmp, progress)
+            _causal(tables, skipped, adapter, data, sae, names, n_random, seed, progress)
+        from .describe import describe_all
+
+        described = describe_all(names, {k: v for k, v in tables.items() if k in _DESCRIBED and len(v)},
+                                 alpha=alpha)
+        described.insert(1, "rank", cand["rank"].to_numpy()[:len(described)])
+        described["sources"] = described["sources"].map(
+            lambda s: json.dumps([list(map(str, x)) for x in s]))
+        result = Interpretation(features=described,
+                                tables={k: v for k, v in tables.items() if k != "association"},
+                                skipped=skipped)
+        if tmp is not None:
+            _write(result, ft, names, tmp, findings, notes, progress)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+            result.path = out
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return result
+
+
+def _candidates(findings, candidates, top: int, ft, sae) -> pd.DataFrame:
+    """The candidates to explain: the Findings' best ``top``, or the features named, each
+    checked against the FeatureTable and the SAE (a list made for another SAE is refused)."""
+    table = findings.candidates.drop_duplicates("feature")
+    if candidates is None:
+        cand = table.head(top)
+    else:
+        names = [candidates] if isinstance(candidates, str) else [str(c) for c in candidates]
+        if not names:
+            raise InputError("candidates is empty: name at least one feature (e.g. 'f12') or leave it "
+                             "None for the Findings' top candidates")
+        # a feature that is not a candidate brings its best primary association (rank NaN)
+        rest = findings.table[findings.table["primary"].astype(bool)].sort_values("p", kind="stable")
+        rest = rest.drop_duplicates("feature").assign(rank=np.nan)
+        have = pd.concat([table, rest[~rest["feature"].isin(table["feature"])]], ignore_index=True)
+        have.index = have["feature"].astype(str)
+        names = list(dict.fromkeys(names))
+        cand = have.reindex(names).assign(feature=names)
+    names = [str(f) for f in cand["feature"]]
+    missing = [n for n in names if n not in ft.var_names]
+    if missing:
+        raise InputError(f"candidate feature(s) {', '.join(missing[:5])} are not in the FeatureTable "
+                         f"({ft.n_vars} features, {ft.var_names[0]}..{ft.var_names[-1]}); were the "
+                         "Findings made from another SAE's FeatureTable?")
+    if sae is not None:
+        idx = [int(n.lstrip("f")) if n.lstrip("f").isdigit() else -1 for n in names]
+        bad = [n for n, i in zip(names, idx) if not 0 <= i < sae.d_sae]
+        if bad:
+            raise InputError(f"candidate feature(s) {', '.join(bad[:5])} are not latents of the SAE "
+                             f"(d_sae={sae.d_sae}: f0..f{sae.d_sae - 1}); pass the SAE the "
+                             "FeatureTable was encoded with")
+    return cand.reset_index(drop=True)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refused before any work: another file, or an interpretation without ``overwrite``."""
+    if out.exists():
+        if not (out / "interpretation.json").exists():
+            raise InputError(f"out={out} exists and is not an interpretation bioviz wrote; choose another path")
+        if not overwrite:
+            raise InputError(f"out={out} already holds an interpretation; pass overwrite=True to replace it")
+
+
+def _staging(out: Path | None) -> Path | None:
+    """Everything is written under a temporary name and renamed into place: complete or absent."""
+    if out is None:
+        return None
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 _DESCRIBED = ("summary", "composition", "top_genes", "enrichment", "association")
@@ -144,15 +231,24 @@ def _generic(tables, ft, names, cand, label, progress):
             break
 
 
-def _genomic(tables, skipped, ft, names, gene_sets, cell_key, groupby, expression, progress):
-    from .genes import active_cell_de, cell_scores, cell_type_composition, gene_lists, token_genes
+def _genomic(tables, skipped, notes, ft, names, gene_sets, cell_key, groupby, expression,
+             n_permutations, seed, progress):
+    from .genes import (
+        active_cell_de,
+        cell_scores,
+        cell_type_composition,
+        gene_lists,
+        gene_scores,
+        token_genes,
+    )
 
     if "gene" not in ft.obs:
         skipped["genes"] = "the rows are not gene tokens (no 'gene' column)"
         return
     # the gene-level tables read whole columns: only the candidates' codes are loaded
     ft = ft[:, names].to_memory() if ft.isbacked else ft[:, names]
-    tables["top_genes"] = token_genes(ft, names, progress=progress)
+    ranking = token_genes(ft, names, n=None, progress=progress)
+    tables["top_genes"] = ranking.groupby("feature", sort=False).head(20).reset_index(drop=True)
     lists = gene_lists(tables["top_genes"])
     if cell_key in ft.obs and (groupby is not None or expression is not None):
         cells = cell_scores(ft, cell_key=cell_key, progress=progress)
@@ -160,33 +256,80 @@ def _genomic(tables, skipped, ft, names, gene_sets, cell_key, groupby, expressio
             tables["composition"] = cell_type_composition(cells, names, groupby=groupby, cell_key=cell_key,
                                                           progress=progress)
         if expression is not None:
-            expr = expression if isinstance(expression, ad.AnnData) else ad.read_h5ad(expression)
+            expr = expression if isinstance(expression, ad.AnnData) else _read_expression(expression)
             tables["de"] = active_cell_de(expr, cells, names, active_quantile=0.8, progress=progress)
             lists = gene_lists(tables["de"]) or lists
+            ranking = tables["de"]
     if gene_sets is None:
-        skipped["enrichment"] = "no gene sets given"
+        skipped["enrichment"] = "no gene sets given (gene_sets=None)"
         return
-    from .enrichment import overrepresentation
-    from .genesets import immune_gmt, read_gmt
+    from .enrichment import overrepresentation, preranked
+    from .genesets import check_universe, immune_gmt, read_gmt
 
     sets = read_gmt(immune_gmt() if gene_sets == "immune" else gene_sets)
     universe = sorted(set(map(str, ft.obs["gene"].astype(str).unique())))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # unknown genes are counted in attrs
+    if "de" in tables:
+        universe = sorted(set(universe) | set(map(str, tables["de"]["gene"])))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            tables["gene_sets"] = check_universe(sets, universe)[1]  # genes unknown, counted
+        except InputError as err:
+            skipped["enrichment"] = str(err)
+            return
+    notes["gene_sets"] = [str(w.message) for w in caught]
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said once above
+        try:
             tables["enrichment"] = overrepresentation(lists, sets, universe)
-    except InputError as err:
-        skipped["enrichment"] = str(err)
+        except InputError as err:
+            skipped["enrichment"] = str(err)
+        try:
+            scores = gene_scores(ranking, universe=universe)
+            tables["enrichment_preranked"] = preranked(scores, sets, n_permutations=n_permutations,
+                                                       seed=seed, progress=progress)
+        except InputError as err:
+            skipped["enrichment_preranked"] = str(err)
+
+
+def _read_expression(path) -> ad.AnnData:
+    if not Path(path).is_file():
+        raise InputError(f"expression={path}: no such file; expected the cohort's expression .h5ad")
+    return ad.read_h5ad(path)
+
+
+def _input_space(tables, skipped, adapter, data, sae, ft, names, cand, findings, tmp, progress):
+    """What the adapter maps back to its inputs (motifs, maps), one call per label."""
+    if adapter is None:
+        skipped["input_space"] = ("needs adapter= (and data=): motifs or maps in the model's input "
+                                  "space come from the modality's adapter")
+        return
+    subjects = findings.subjects.obs if findings.subjects is not None else None
+    labels = cand.assign(_label=cand.get("label", pd.Series(index=cand.index, dtype=object)))
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for lab, group in labels.groupby("_label", sort=False, dropna=False):
+        feats = [str(f) for f in group["feature"]]
+        lab = None if pd.isna(lab) else str(lab)
+        found, why = adapter.evidence(ft, feats, data=data, sae=sae, subjects=subjects, label=lab,
+                                      out=tmp, progress=progress)
+        for k, t in found.items():
+            parts.setdefault(k, []).append(t)
+        skipped.update(why)
+    for k, ts in parts.items():
+        if k in tables:
+            raise InputError(f"{type(adapter).__name__}.evidence returned a table {k!r}, a name "
+                             "interpret gives its own table")
+        tables[k] = pd.concat(ts, ignore_index=True)
 
 
 def _causal(tables, skipped, adapter, data, sae, names, n_random, seed, progress):
     if adapter is None or data is None or sae is None:
         skipped["interventions"] = "needs adapter=, data= and sae= (the model is not run otherwise)"
         return
-    from ..sae import load_sae
     from .intervene import intervene
 
-    sae = load_sae(sae) if isinstance(sae, (str, os.PathLike)) else sae
     parts = []
     for name in names:
         t = intervene(adapter, data, sae, None, int(name.lstrip("f")), n_random=n_random, seed=seed,
@@ -195,32 +338,16 @@ def _causal(tables, skipped, adapter, data, sae, names, n_random, seed, progress
     tables["interventions"] = pd.concat(parts, ignore_index=True)
 
 
-def _write(result: Interpretation, ft, names, out: Path, overwrite: bool, findings, progress) -> None:
-    """Everything under a temporary name, renamed into place: complete or absent."""
+def _write(result: Interpretation, ft, names, tmp: Path, findings, notes, progress) -> None:
     from ..analysis.findings import _write_parquet
     from .examples import write_feature_evidence
 
-    if out.exists():
-        if not (out / "interpretation.json").exists():
-            raise InputError(f"out={out} exists and is not an interpretation bioviz wrote; choose another path")
-        if not overwrite:
-            raise InputError(f"out={out} already holds an interpretation; pass overwrite=True to replace it")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        _write_parquet(result.features, tmp / "features.parquet")
-        for name, table in result.tables.items():
-            _write_parquet(table.reset_index(drop=True), tmp / f"{name}.parquet")
-        if names:
-            write_feature_evidence(ft, names, tmp / "features", progress=progress)
-        (tmp / "interpretation.json").write_text(json.dumps({
-            "findings": str(findings.path) if findings.path else None, "features": names,
-            "tables": sorted(result.tables), "skipped": result.skipped}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    result.path = out
+    _write_parquet(result.features, tmp / "features.parquet")
+    for name, table in result.tables.items():
+        _write_parquet(table.reset_index(drop=True), tmp / f"{name}.parquet")
+    if names:
+        write_feature_evidence(ft, names, tmp / "features", progress=progress)
+    (tmp / "interpretation.json").write_text(json.dumps({
+        "findings": str(findings.path) if findings.path else None, "features": names,
+        "tables": sorted(result.tables), "skipped": result.skipped, "notes": notes}, indent=2,
+        default=str))
