@@ -386,3 +386,34 @@ def test_intervene_bad_input_is_named(planted):
     with pytest.raises(InputError, match="measure"):
         ablation_effect_ratio(pd.DataFrame({"role": [], "output": [], "mean_change": []}),
                               measure="median")
+
+
+def test_interpret_reports_the_intervention_in_the_description(planted, tmp_path):
+    """bv.interpret with a model: the planted feature's ablation is described from the
+    interventions table (output 0, the size and ratio it holds); the adapter that cannot map
+    back says which evidence it skipped."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    import bioviz as bv
+
+    model, sae, data = planted
+    with torch.no_grad():
+        codes = hand_codes(sae, model[1](model[0](torch.stack(data)))).float().numpy()
+    obs = pd.DataFrame({"subject_id": [f"S{i // 4}" for i in range(len(data))]})
+    obs["sample_id"] = obs["subject_id"]
+    obs["dx"] = np.where(np.arange(len(data)) // 4 % 2 == 1, "case", "control")
+    ft = ad.AnnData(sp.csr_matrix(codes), obs=obs, var=pd.DataFrame(index=[f"f{j}" for j in range(64)]))
+    ft.obs_names = ft.obs_names.astype(str)
+    findings = bv.associate(ft, ["dx"], n_permutations=0, n_boot=0, n_stability=0, heldout=None,
+                            probes=False, progress=False)
+    result = bv.interpret(findings, ft, candidates=["f0"], adapter=TorchAdapter(model), data=data,
+                          sae=sae, layer="1", n_random=20, out=tmp_path / "interp", progress=False)
+    row = result.features.set_index("feature").loc["f0"]
+    tab = result.tables["interventions"]
+    target = tab[(tab["feature"] == "f0") & (tab["role"] == "target")].set_index("output")
+    assert (tab["edited"][tab["role"] == "target"] == 0).all()
+    assert f"ablation moves output 0 by {target.loc[0, 'mean_abs_change']:.2g} per item" in row["description"]
+    assert f"{target.loc[0, 'effect_ratio']:.0f}x random features" in row["description"]
+    assert "TorchAdapter does not map features back" in result.skipped["input_space"]
+    assert pd.read_parquet(tmp_path / "interp" / "interventions.parquet").shape == tab.shape

@@ -26,6 +26,11 @@ it. Each table is optional; the keys of ``evidence`` name them:
 ``motifs``
     :func:`~bioviz.interpret.motifs.match_jaspar`: ``matrix_id, name, p, q`` (``rank``
     optional): the best match, "matches JASPAR MA0139.2 CTCF, q = 1e-5".
+``interventions``
+    :func:`~bioviz.interpret.intervene.intervene` with ``feature`` the feature described (the
+    edited latent's index in another column): the output unit the ablation moves most, "ablation
+    moves output 1 by 0.42 per item, 21x random features of its density (p = 0.048)"; with
+    ``p_empirical >= alpha``, "ablation moves the output no more than random features".
 ``association``
     Rows of ``Findings.candidates`` or ``Findings.table``: ``feature, label, contrast,
     effect_name, effect, q`` (``direction`` or ``null`` give the sign; ``rank``, when
@@ -55,6 +60,7 @@ TABLES = {
     "enrichment": ("set", "p", "q"),
     "motifs": ("matrix_id", "name", "p", "q"),
     "association": ("label", "contrast", "effect_name", "effect", "q"),
+    "interventions": ("role", "output", "mean_abs_change", "effect_ratio", "p_empirical"),
 }
 _N_GENES = 3
 _EFFECT = {"auroc": "AUROC", "rho": "Spearman rho", "std_beta": "standardised beta",
@@ -191,9 +197,26 @@ def _association(rows, alpha):
     return [(f"{what}: {stats}", src)]
 
 
+def _interventions(rows, alpha):
+    target = rows[rows["role"].astype(str) == "target"]
+    if target.empty:
+        return []
+    r = target["mean_abs_change"].astype(float).idxmax()
+    ratio, p = float(target.at[r, "effect_ratio"]), float(target.at[r, "p_empirical"])
+    src = [Source("interventions", r, c) for c in ("output", "mean_abs_change", "effect_ratio",
+                                                    "p_empirical")]
+    if not p < alpha:
+        return [(f"ablation moves the output no more than random features of its density "
+                 f"({ratio:.1f}x, p = {_q(p)})", src)]
+    return [(f"ablation moves output {target.at[r, 'output']} by "
+             f"{float(target.at[r, 'mean_abs_change']):.2g} per item, {ratio:.0f}x random "
+             f"features of its density (p = {_q(p)})", src)]
+
+
 # the order phrases come in: what the feature is, then what it tells, then the caution
 _PHRASES = {"composition": _composition, "top_genes": _top_genes, "enrichment": _enrichment,
-            "motifs": _motifs, "association": _association, "summary": _summary}
+            "motifs": _motifs, "association": _association, "interventions": _interventions,
+            "summary": _summary}
 
 
 def describe(feature: str, evidence: Mapping[str, pd.DataFrame], *,

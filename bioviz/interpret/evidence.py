@@ -56,7 +56,7 @@ def interpret(findings: Findings | str | os.PathLike, features: ad.AnnData | str
               top: int = 10, candidates: list[str] | None = None, label: str | None = None,
               gene_sets: str | None = "immune", cell_key: str = "cell_id", groupby: str | None = None,
               expression: ad.AnnData | str | None = None, adapter: Adapter | None = None, data: Any = None,
-              sae: SparseAutoencoder | str | None = None, n_random: int = 20, n_permutations: int = 1000,
+              sae: SparseAutoencoder | str | None = None, layer: str | None = None, n_random: int = 20, n_permutations: int = 1000,
               alpha: float = 0.05, out: str | None = None, overwrite: bool = False, seed: int = 0,
               progress: bool = True) -> Interpretation:
     """Gather the evidence of what each of the ``top`` candidate features is.
@@ -91,6 +91,8 @@ def interpret(findings: Findings | str | os.PathLike, features: ad.AnnData | str
         over the original scans, refined by attribution when ``sae`` is given) and
         interventions (ablation) of each feature against ``n_random`` random features of
         similar density.
+    layer
+        The layer ``sae`` reads (default: the layer its provenance records).
     alpha
         Results with q at or above this are reported as absent.
     out
@@ -126,7 +128,7 @@ def interpret(findings: Findings | str | os.PathLike, features: ad.AnnData | str
             _genomic(tables, skipped, notes, ft, names, gene_sets, cell_key, groupby, expression,
                      n_permutations, seed, progress)
             _input_space(tables, skipped, adapter, data, sae, ft, names, cand, findings, tmp, progress)
-            _causal(tables, skipped, adapter, data, sae, names, n_random, seed, progress)
+            _causal(tables, skipped, adapter, data, sae, layer, names, n_random, seed, progress)
         from .describe import describe_all
 
         described = describe_all(names, {k: v for k, v in tables.items() if k in _DESCRIBED and len(v)},
@@ -203,7 +205,8 @@ def _staging(out: Path | None) -> Path | None:
     return tmp
 
 
-_DESCRIBED = ("summary", "composition", "top_genes", "enrichment", "association")
+_DESCRIBED = ("summary", "composition", "top_genes", "enrichment", "motifs", "association",
+              "interventions")
 
 
 def _feature_table(features, findings):
@@ -324,7 +327,7 @@ def _input_space(tables, skipped, adapter, data, sae, ft, names, cand, findings,
         tables[k] = pd.concat(ts, ignore_index=True)
 
 
-def _causal(tables, skipped, adapter, data, sae, names, n_random, seed, progress):
+def _causal(tables, skipped, adapter, data, sae, layer, names, n_random, seed, progress):
     if adapter is None or data is None or sae is None:
         skipped["interventions"] = "needs adapter=, data= and sae= (the model is not run otherwise)"
         return
@@ -332,9 +335,10 @@ def _causal(tables, skipped, adapter, data, sae, names, n_random, seed, progress
 
     parts = []
     for name in names:
-        t = intervene(adapter, data, sae, None, int(name.lstrip("f")), n_random=n_random, seed=seed,
+        t = intervene(adapter, data, sae, layer, int(name.lstrip("f")), n_random=n_random, seed=seed,
                       progress=progress)
-        parts.append(t.assign(candidate=name))
+        # ``feature`` names the candidate, as in every other table; ``edited`` the latent
+        parts.append(t.rename(columns={"feature": "edited"}).assign(feature=name))
     tables["interventions"] = pd.concat(parts, ignore_index=True)
 
 
