@@ -417,3 +417,4 @@ def test_interpret_reports_the_intervention_in_the_description(planted, tmp_path
     assert f"{target.loc[0, 'effect_ratio']:.0f}x random features" in row["description"]
     assert "TorchAdapter does not map features back" in result.skipped["input_space"]
     assert pd.read_parquet(tmp_path / "interp" / "interventions.parquet").shape == tab.shape
+    assert (tmp_path / "interp" / "features" / "f0" / "ablation.svg").stat().st_size > 0

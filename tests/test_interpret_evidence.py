@@ -62,7 +62,9 @@ def test_a_planted_interferon_feature_is_explained_and_written(tokens):
     assert result.path == out and (out / "features.parquet").exists()
     back = pd.read_parquet(out / "features.parquet")
     assert back.set_index("feature").loc["f0", "description"] == row["description"]
-    assert (out / "features" / "f0" / "histogram.png").stat().st_size > 0
+    for fig in ("histogram", "top_genes", "enrichment"):
+        assert (out / "features" / "f0" / f"{fig}.png").stat().st_size > 0, fig
+        assert (out / "features" / "f0" / f"{fig}.svg").read_text().count("IFN") >= (fig == "enrichment")
     manifest = json.loads((out / "interpretation.json").read_text())
     assert "interventions" in manifest["skipped"]  # no model given: said, not silently empty
 

@@ -140,7 +140,7 @@ def interpret(findings: Findings | str | os.PathLike, features: ad.AnnData | str
                                 tables={k: v for k, v in tables.items() if k != "association"},
                                 skipped=skipped)
         if tmp is not None:
-            _write(result, ft, names, tmp, findings, notes, progress)
+            _write(result, ft, names, tmp, findings, notes, alpha, progress)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
@@ -342,15 +342,17 @@ def _causal(tables, skipped, adapter, data, sae, layer, names, n_random, seed, p
     tables["interventions"] = pd.concat(parts, ignore_index=True)
 
 
-def _write(result: Interpretation, ft, names, tmp: Path, findings, notes, progress) -> None:
+def _write(result: Interpretation, ft, names, tmp: Path, findings, notes, alpha, progress) -> None:
     from ..analysis.findings import _write_parquet
     from .examples import write_feature_evidence
+    from .figures import write_figures
 
     _write_parquet(result.features, tmp / "features.parquet")
     for name, table in result.tables.items():
         _write_parquet(table.reset_index(drop=True), tmp / f"{name}.parquet")
     if names:
         write_feature_evidence(ft, names, tmp / "features", progress=progress)
+        write_figures(result.tables, names, tmp / "features", alpha)
     (tmp / "interpretation.json").write_text(json.dumps({
         "findings": str(findings.path) if findings.path else None, "features": names,
         "tables": sorted(result.tables), "skipped": result.skipped, "notes": notes}, indent=2,
