@@ -97,6 +97,9 @@ def test_composition_hand_worked():
     np.testing.assert_allclose(f0.mean_activation, [1.0, 1.5, 0.0])
     np.testing.assert_allclose(f0.mean_elsewhere, [1.0, 3 / 4, 6 / 5])
     np.testing.assert_allclose(f0.activation_ratio, [1.0, 2.0, 0.0])
+    # against the closest other group: A's means 1.0 vs B's 1.5; B's 1.5 vs A's 1.0; C's 0 vs 1.5
+    np.testing.assert_allclose(f0.mean_next_group, [1.5, 1.0, 1.5])
+    np.testing.assert_allclose(f0.specificity, [1 / 1.5, 1.5, 0.0])
     f1 = comp[comp.feature == "f1"]
     assert f1.enrichment.isna().all() and (f1.n_firing == 0).all()
 

@@ -267,7 +267,10 @@ def cell_type_composition(table, features=None, *, groupby: str = "bulk_labels",
         ``fire_fraction`` (share of the group's cells that fire), ``mean_activation`` (mean
         score over the group's cells), ``mean_elsewhere`` (over the other cells) and
         ``activation_ratio`` (their ratio: how much stronger, not only how often, the feature
-        is in the group; inf when it is 0 elsewhere only, NaN when 0 everywhere).
+        is in the group; inf when it is 0 elsewhere only, NaN when 0 everywhere),
+        ``mean_next_group`` (the highest mean over any other group) and ``specificity`` (mean
+        over it: above 1 only in the feature's strongest group; the measure to pick the feature
+        most specific to a group, which ``activation_ratio`` against the pooled rest is not).
     """
     cells = _cells(table, cell_key, progress)
     labels = _column(cells, groupby, "groupby", "the cell table")
@@ -284,6 +287,16 @@ def cell_type_composition(table, features=None, *, groupby: str = "bulk_labels",
     with np.errstate(divide="ignore", invalid="ignore"):
         elsewhere = (sums.sum(axis=0, keepdims=True) - sums) / (cells.n_obs - n_cells[:, None])
         ratio = np.where(elsewhere > 0, mean / elsewhere, np.where(mean > 0, np.inf, np.nan))
+    # the closest other group: a T/NK cytotoxic feature is strong in NK against "the rest" (mostly
+    # B cells and monocytes) but not against T cells, and is not specific to NK
+    if n_cells.size > 1:
+        order = np.sort(mean, axis=0)
+        top, second = order[-1:], order[-2:-1]
+        nearest = np.where(mean >= top, second, top)
+    else:
+        nearest = np.full_like(mean, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        specificity = np.where(nearest > 0, mean / nearest, np.where(mean > 0, np.inf, np.nan))
     total = fired.sum(axis=0, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         share_firing = np.where(total > 0, fired / total, np.nan)
@@ -297,7 +310,8 @@ def cell_type_composition(table, features=None, *, groupby: str = "bulk_labels",
         "share_in_cohort": np.repeat(share_cohort, n_f),
         "enrichment": (share_firing / share_cohort[:, None]).ravel(),
         "fire_fraction": (fired / n_cells[:, None]).ravel(), "mean_activation": mean.ravel(),
-        "mean_elsewhere": elsewhere.ravel(), "activation_ratio": ratio.ravel()})
+        "mean_elsewhere": elsewhere.ravel(), "activation_ratio": ratio.ravel(),
+        "mean_next_group": nearest.ravel(), "specificity": specificity.ravel()})
     out["_f"] = np.tile(np.arange(n_f), n_g)
     out = out.sort_values(["_f", "enrichment", "group"], ascending=[True, False, True],
                           kind="stable", na_position="last")
