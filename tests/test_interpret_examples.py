@@ -367,3 +367,24 @@ def test_describe_empty_and_bad_evidence():
         describe("f7", {"motifs": [1, 2]})
     with pytest.raises(InputError, match="repeated index"):
         describe("f7", {"motifs": pd.concat([ev["motifs"], ev["motifs"]])})
+
+
+def test_describe_cell_types_and_interventions_by_hand():
+    cells = pd.DataFrame({"feature": ["f", "f", "f"], "group": ["NK", "T", "B"],
+                          "specificity": [2.6, 0.38, 0.0], "n_firing": [30, 40, 0]})
+    assert describe("f", {"cell_types": cells})[0] == "most specific to NK (2.6x the next cell type)"
+    cells.loc[0, "specificity"] = 1.2  # strongest in NK, but barely: not called specific
+    assert describe("f", {"cell_types": cells})[0].startswith("no evidence available")
+    cells.loc[0, "specificity"] = np.inf
+    assert describe("f", {"cell_types": cells})[0] == "most specific to NK (only there)"
+    inter = pd.DataFrame({"feature": "f", "role": ["target", "target", "random", "random"],
+                          "output": [0, 1, 0, 1], "mean_abs_change": [0.2, 3.14, 0.1, 0.2],
+                          "effect_ratio": [2.0, 15.7, np.nan, np.nan],
+                          "p_empirical": [0.5, 1 / 21, np.nan, np.nan]})
+    text, sources = describe("f", {"interventions": inter})
+    assert text == ("ablation moves output 1 by 3.1 per item, 16x random features of its density "
+                    "(p = 0.048)")
+    assert ("interventions", 1, "effect_ratio") in sources
+    inter.loc[1, "p_empirical"] = 0.3
+    assert describe("f", {"interventions": inter})[0] == (
+        "ablation moves the output no more than random features of its density (15.7x, p = 0.3)")

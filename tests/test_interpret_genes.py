@@ -315,7 +315,7 @@ def test_demo_cell_type_features_point_to_their_markers_and_programme(demo):
     for kind, programme in _PROGRAMME.items():
         assert _MARKERS[kind] <= set(expression.var_names)
         mine = comp[(comp.group == kind) & (comp.n_firing >= 10)]
-        feature = mine.sort_values("activation_ratio", ascending=False).feature.iloc[0]
+        feature = mine.sort_values("specificity", ascending=False).feature.iloc[0]
         de = G.active_cell_de(expression, cells, [feature], active_quantile=0.8, n=20,
                               progress=False)
         tokens = G.token_genes(demo, [feature], n=20, progress=False)

@@ -16,6 +16,10 @@ it. Each table is optional; the keys of ``evidence`` name them:
     :func:`~bioviz.interpret.examples.top_composition`: ``feature, column, value, share``
     (share of the top rows; the commonest value is described). With a cell-type column:
     "fires in CD14+ Monocytes (71% of top cells)".
+``cell_types``
+    :func:`~bioviz.interpret.genes.cell_type_composition`: ``feature, group, specificity,
+    n_firing``: the group where the feature is strongest against the closest other group,
+    "most specific to CD56+ NK (2.6x the next cell type)", when that ratio is above 1.5.
 ``top_genes``
     ``feature, gene`` and ``rank`` (1 = top) or ``score`` (higher = top), else table order:
     "top genes S100A9, LYZ, S100A8" (the first three).
@@ -56,6 +60,7 @@ __all__ = ["Source", "TABLES", "describe", "describe_all"]
 TABLES = {
     "summary": ("n_rows_firing", "top_subject_share", "top_subjects", "single_subject"),
     "composition": ("column", "value", "share"),
+    "cell_types": ("group", "specificity", "n_firing"),
     "top_genes": ("gene",),
     "enrichment": ("set", "p", "q"),
     "motifs": ("matrix_id", "name", "p", "q"),
@@ -63,6 +68,7 @@ TABLES = {
     "interventions": ("role", "output", "mean_abs_change", "effect_ratio", "p_empirical"),
 }
 _N_GENES = 3
+_SPECIFIC = 1.5  # mean in a cell type over the next type's, above which a feature is "specific"
 _EFFECT = {"auroc": "AUROC", "rho": "Spearman rho", "std_beta": "standardised beta",
            "epsilon_sq": "epsilon-squared", "log_or_per_sd": "log OR per SD",
            "log_hr_per_sd": "log HR per SD", "log_hr_high_vs_low": "log HR high vs low"}
@@ -127,6 +133,19 @@ def _composition(rows, alpha):
     where = value if "cell_type" in column.lower() else f"{column} = {value}"
     return [(f"fires in {where} ({rows.at[r, 'share']:.0%} of top {unit})",
              [Source("composition", r, c) for c in ("column", "value", "share")])]
+
+
+def _cell_types(rows, alpha):
+    rows = rows[rows["n_firing"].astype(float) > 0]
+    if rows.empty:
+        return []
+    r = rows["specificity"].astype(float).replace(np.inf, np.finfo(float).max).idxmax()
+    spec = float(rows.at[r, "specificity"])
+    if not spec > _SPECIFIC:
+        return []
+    times = "only there" if np.isinf(spec) else f"{spec:.1f}x the next cell type"
+    return [(f"most specific to {rows.at[r, 'group']} ({times})",
+             [Source("cell_types", r, c) for c in ("group", "specificity")])]
 
 
 def _top_genes(rows, alpha):
@@ -214,8 +233,8 @@ def _interventions(rows, alpha):
 
 
 # the order phrases come in: what the feature is, then what it tells, then the caution
-_PHRASES = {"composition": _composition, "top_genes": _top_genes, "enrichment": _enrichment,
-            "motifs": _motifs, "association": _association, "interventions": _interventions,
+_PHRASES = {"composition": _composition, "cell_types": _cell_types, "top_genes": _top_genes,
+            "enrichment": _enrichment, "motifs": _motifs, "association": _association, "interventions": _interventions,
             "summary": _summary}
 
 

@@ -29,7 +29,7 @@ from ..errors import InputError, positive_int
 from ..features import open_feature_table
 from ..sae import SparseAutoencoder, load_sae
 
-TABLES = ("summary", "examples", "top_genes", "composition", "enrichment", "enrichment_preranked", "gene_sets", "de",
+TABLES = ("summary", "examples", "top_genes", "composition", "cell_types", "enrichment", "enrichment_preranked", "gene_sets", "de",
           "motifs", "windows", "maps", "map_groups", "interventions")
 
 
@@ -205,7 +205,7 @@ def _staging(out: Path | None) -> Path | None:
     return tmp
 
 
-_DESCRIBED = ("summary", "composition", "top_genes", "enrichment", "motifs", "association",
+_DESCRIBED = ("summary", "composition", "cell_types", "top_genes", "enrichment", "motifs", "association",
               "interventions")
 
 
@@ -256,8 +256,8 @@ def _genomic(tables, skipped, notes, ft, names, gene_sets, cell_key, groupby, ex
     if cell_key in ft.obs and (groupby is not None or expression is not None):
         cells = cell_scores(ft, cell_key=cell_key, progress=progress)
         if groupby is not None:
-            tables["composition"] = cell_type_composition(cells, names, groupby=groupby, cell_key=cell_key,
-                                                          progress=progress)
+            tables["cell_types"] = cell_type_composition(cells, names, groupby=groupby, cell_key=cell_key,
+                                                         progress=progress)
         if expression is not None:
             expr = expression if isinstance(expression, ad.AnnData) else _read_expression(expression)
             tables["de"] = active_cell_de(expr, cells, names, active_quantile=0.8, progress=progress)
