@@ -96,8 +96,14 @@ def test_cli_interpret_from_a_config(tokens, capsys):
 
 
 def test_candidates_named_and_refused(tokens, tmp_path):
-    result = interpret(tokens["findings"], tokens["ft"], candidates=["f3", "f0"], out=tmp_path / "i",
+    ft = tokens["ft"].copy()
+    # a cell-level column: f0 fires in every cell type alike, so it is not called specific
+    ft.obs["ctype"] = np.where(ft.obs["cell_id"].str[-1].astype(int) % 2 == 0, "A", "B")
+    result = interpret(tokens["findings"], ft, candidates=["f3", "f0"], groupby="ctype", out=tmp_path / "i",
                        progress=False)
+    types = result.tables["cell_types"]
+    assert set(types["group"]) == {"A", "B"} and set(types["feature"]) == {"f0", "f3"}
+    assert "specific to" not in result.features.set_index("feature").loc["f0", "description"]
     assert list(result.features["feature"]) == ["f3", "f0"]
     with pytest.raises(bv.InputError, match=r"f9 are not in the FeatureTable.*another SAE"):
         interpret(tokens["findings"], tokens["ft"], candidates=["f0", "f9"], out=tmp_path / "j", progress=False)
