@@ -322,6 +322,42 @@ class SequenceAdapter(Adapter):
         start[end > batch.extra["length"].unsqueeze(1)] = -1  # bins reaching into padding
         return start, end
 
+    # -- evidence ---------------------------------------------------------------------------
+
+    def evidence(self, table, features, *, data=None, sae=None, subjects=None, label=None, out=None,
+                 progress=True, **options):
+        """Motif evidence of ``features``: the DNA where each fires most, the motifs it shares
+        against DNA where it does not fire, and the JASPAR matrices they match.
+
+        See :func:`bioviz.adapters.sequence.evidence.motif_evidence`, which this calls;
+        ``options`` go to it (``n_top``, ``flank``, ``n_background``, ``min_windows``,
+        ``max_motifs``, ``matches``, ``k``, ``alpha``, ``db``, ``tax_group``, ``seed``...).
+        ``sae`` is not needed (the codes are in ``table``). Tables, each with ``feature``:
+
+        - ``windows``: the top fired windows, ``rank`` (1 = highest activation), ``row`` (obs
+          name), ``subject_id, sample_id, seq_id, chrom``, ``start, end`` (the window in genome
+          coordinates: the row's span ± ``flank``, clipped to its sequence), ``strand``,
+          ``row_start, row_end`` (the row's own span), ``activation``, ``sequence`` (as the
+          model read it: reverse-complemented on the minus strand), plus ``label``'s column;
+        - ``background_windows``: the same columns for the windows motifs were tested against
+          (rows where the feature is 0, drawn at random with ``seed``, sharing no sequence with
+          the top windows; ``activation`` 0, ``rank`` in the order drawn);
+        - ``motifs``: one row per discovered motif × JASPAR match: ``motif`` (1 = first found,
+          from the most enriched k-mer), ``rank`` (1 = best match of motif 1), ``match_rank``,
+          ``consensus, seed, width``, ``n_fired, n_sites, fired_share`` (top windows holding a
+          site), ``n_background, n_background_sites, background_share``, ``site_p``
+          (hypergeometric p of that split, at the threshold chosen to minimise it),
+          ``discovery_p, discovery_q`` (the seed k-mer's one-sided Fisher p and its BH q over
+          every k-mer tested), the match's ``matrix_id, name, p, q`` (Tomtom p, BH over the
+          JASPAR selection), ``offset, orientation, overlap``, and ``logo`` (file name in
+          ``out``, motif 1 only);
+        - ``motif_pwms``: ``motif, position, A, C, G, T`` (the discovered PWMs).
+        """
+        from .evidence import motif_evidence
+
+        return motif_evidence(self, table, features, data=data, subjects=subjects, label=label,
+                              out=out, progress=progress, **options)
+
     def config(self):
         return {"adapter": type(self).__name__, "window": self.window, "overlap": self.overlap,
                 "call": self.call, "bin_size": self.bin_size, **self.tokenizer.config()}
