@@ -361,3 +361,22 @@ def test_logo_letters_are_scaled_by_information():
     col3 = sorted(heights[3], key=lambda x: x[1])  # bottom to top
     assert col3[-1][0] == "A" and col3[-1][2] == pytest.approx(0.7 * ic)
     assert col3[-1][1] == pytest.approx(0.3 * ic)  # stacked on the three smaller letters
+
+
+def test_interpret_describes_the_motif_through_the_adapter(planted, tmp_path):
+    """bv.interpret end to end: Findings made per subject (carriers of the planted site vs
+    the rest), the planted feature explained through the sequence adapter."""
+    p = planted
+    clinical = p.subjects.rename_axis("subject_id").reset_index()
+    clinical.to_csv(tmp_path / "clinical.csv", index=False)
+    findings = bv.associate(p.ft, [{"column": "carrier", "kind": "binary", "case": "yes"}],
+                            clinical=str(tmp_path / "clinical.csv"), n_permutations=0, n_boot=0,
+                            n_stability=0, heldout=None, probes=False, out=str(tmp_path / "findings"),
+                            progress=False)
+    result = bv.interpret(findings, p.ft, candidates=[p.feature], adapter=p.ada, data=p.frame,
+                          progress=False)
+    text = result.features.set_index("feature").loc[p.feature, "description"]
+    assert f"matches JASPAR {p.matrix_id}" in text and "higher in yes than no" in text
+    out = tmp_path / "interpretation"
+    assert pd.read_parquet(out / "motifs.parquet").query("rank == 1")["matrix_id"].iloc[0] == p.matrix_id
+    assert (out / f"motif_logo_{p.feature}.svg").stat().st_size > 0
