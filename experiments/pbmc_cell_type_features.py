@@ -17,16 +17,6 @@ import argparse
 import warnings
 from pathlib import Path
 
-COARSE = {"CD19+ B": "B", "CD56+ NK": "NK", "CD14+ Monocyte": "Mono",
-          "CD4+/CD45RO+ Memory": "T", "CD8+ Cytotoxic T": "T", "CD4+/CD25 T Reg": "T",
-          "CD4+/CD45RA+/CD25- Naive T": "T", "CD8+/CD45RA+ Naive Cytotoxic": "T"}
-MARKERS = {"B": {"MS4A1", "CD79A", "CD79B", "BANK1"},
-           "NK": {"GNLY", "NKG7", "GZMB", "PRF1", "GZMA", "CST7", "FGFBP2"},
-           "Mono": {"LYZ", "S100A8", "S100A9", "FCN1", "CST3", "FCER1G", "TYROBP"},
-           "T": {"CD3D", "CD3E", "CD3G", "IL7R", "CD2", "LCK", "CCR7"}}
-PROGRAMME = {"B": "B_CELL_IDENTITY_BCR", "NK": "CYTOTOXICITY_NK_CD8",
-             "Mono": "MONOCYTE_MYELOID_INFLAMMATORY", "T": "T_CELL_IDENTITY"}
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -37,7 +27,8 @@ def main() -> None:
     import scanpy as sc
 
     import bioviz as bv
-    from bioviz.adapters.singlecell.demo import demo_adapter, pbmc68k_counts
+    from bioviz.adapters.singlecell.demo import COARSE_TYPES as COARSE
+    from bioviz.adapters.singlecell.demo import MARKERS, PROGRAMMES, demo_adapter, pbmc68k_counts
     from bioviz.interpret import genes as G
     from bioviz.interpret.enrichment import overrepresentation
     from bioviz.interpret.genesets import immune_gmt, read_gmt
@@ -57,7 +48,7 @@ def main() -> None:
         cells = G.cell_scores(bv.encode(sae, str(store), progress=False), stat="mean", progress=False)
         cells.obs["coarse"] = cells.obs["bulk_labels"].astype(str).map(COARSE).fillna("other")
         comp = G.cell_type_composition(cells, groupby="coarse", progress=False)
-        for kind, programme in PROGRAMME.items():
+        for kind, programme in PROGRAMMES.items():
             mine = comp[(comp.group == kind) & (comp.n_firing >= 10)]
             mine = mine.sort_values("specificity", ascending=False).head(3)
             for i, row in enumerate(mine.itertuples()):
@@ -71,7 +62,7 @@ def main() -> None:
                       f"markers {found} | {best.set} q={best.q:.2g} | specificity "
                       f"{row.specificity:.2f}, ratio {row.activation_ratio:.2f}, "
                       f"{row.n_firing} cells firing | {'pass' if ok else 'FAIL'}", flush=True)
-    print(f"top features passing: {passed}/{len(args.seeds) * len(PROGRAMME)}")
+    print(f"top features passing: {passed}/{len(args.seeds) * len(PROGRAMMES)}")
 
 
 if __name__ == "__main__":

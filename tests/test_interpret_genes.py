@@ -12,6 +12,9 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
+from bioviz.adapters.singlecell.demo import COARSE_TYPES as _COARSE
+from bioviz.adapters.singlecell.demo import MARKERS as _MARKERS
+from bioviz.adapters.singlecell.demo import PROGRAMMES as _PROGRAMME
 from bioviz.errors import InputError
 from bioviz.interpret import genes as G
 from bioviz.interpret.enrichment import overrepresentation, preranked
@@ -270,16 +273,6 @@ def test_bad_input_names_what_was_expected():
 
 # ------------------------------------------------------------------ the demo model (slow)
 
-_COARSE = {"CD19+ B": "B", "CD56+ NK": "NK", "CD14+ Monocyte": "Mono",
-           "CD4+/CD45RO+ Memory": "T", "CD8+ Cytotoxic T": "T", "CD4+/CD25 T Reg": "T",
-           "CD4+/CD45RA+/CD25- Naive T": "T", "CD8+/CD45RA+ Naive Cytotoxic": "T"}
-# canonical markers that are among pbmc68k_reduced's 765 genes (CD19, IL7R... are not all)
-_MARKERS = {"B": {"MS4A1", "CD79A", "CD79B", "BANK1"},
-            "NK": {"GNLY", "NKG7", "GZMB", "PRF1", "GZMA", "CST7", "FGFBP2"},
-            "Mono": {"LYZ", "S100A8", "S100A9", "FCN1", "CST3", "FCER1G", "TYROBP"},
-            "T": {"CD3D", "CD3E", "CD3G", "IL7R", "CD2", "LCK", "CCR7"}}
-_PROGRAMME = {"B": "B_CELL_IDENTITY_BCR", "NK": "CYTOTOXICITY_NK_CD8",
-              "Mono": "MONOCYTE_MYELOID_INFLAMMATORY", "T": "T_CELL_IDENTITY"}
 
 
 @pytest.fixture(scope="module")

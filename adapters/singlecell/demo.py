@@ -27,6 +27,19 @@ DEMO_DIR = Path(str(resources.files(__package__).joinpath("demo_model")))
 #: the name stores record for it (the folder's name when it shipped in bioviz/data)
 MODEL_NAME = "geneformer:geneformer_demo"
 
+#: pbmc68k's ``bulk_labels`` grouped into the four types the interpretation bar names
+COARSE_TYPES = {"CD19+ B": "B", "CD56+ NK": "NK", "CD14+ Monocyte": "Mono",
+                "CD4+/CD45RO+ Memory": "T", "CD8+ Cytotoxic T": "T", "CD4+/CD25 T Reg": "T",
+                "CD4+/CD45RA+/CD25- Naive T": "T", "CD8+/CD45RA+ Naive Cytotoxic": "T"}
+#: canonical markers of each type that are among pbmc68k_reduced's 765 genes (CD19 is not)
+MARKERS = {"B": frozenset({"MS4A1", "CD79A", "CD79B", "BANK1"}),
+           "NK": frozenset({"GNLY", "NKG7", "GZMB", "PRF1", "GZMA", "CST7", "FGFBP2"}),
+           "Mono": frozenset({"LYZ", "S100A8", "S100A9", "FCN1", "CST3", "FCER1G", "TYROBP"}),
+           "T": frozenset({"CD3D", "CD3E", "CD3G", "IL7R", "CD2", "LCK", "CCR7"})}
+#: the shipped immune gene set (bioviz.interpret.genesets.immune_gmt) each type should name
+PROGRAMMES = {"B": "B_CELL_IDENTITY_BCR", "NK": "CYTOTOXICITY_NK_CD8",
+              "Mono": "MONOCYTE_MYELOID_INFLAMMATORY", "T": "T_CELL_IDENTITY"}
+
 
 def pbmc68k_counts(max_rounding_error: float = 0.45):
     """``pbmc68k_reduced`` (ships with scanpy) with integer counts in ``X`` and obs columns
