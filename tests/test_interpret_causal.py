@@ -418,3 +418,10 @@ def test_interpret_reports_the_intervention_in_the_description(planted, tmp_path
     assert "TorchAdapter does not map features back" in result.skipped["input_space"]
     assert pd.read_parquet(tmp_path / "interp" / "interventions.parquet").shape == tab.shape
     assert (tmp_path / "interp" / "features" / "f0" / "ablation.svg").stat().st_size > 0
+    # a candidate list made for another SAE: named, before any work
+    wide = ad.AnnData(sp.hstack([ft.X, sp.csr_matrix((ft.n_obs, 16))]).tocsr(), obs=ft.obs,
+                      var=pd.DataFrame(index=[f"f{j}" for j in range(80)]))
+    with pytest.raises(InputError, match=r"f70 are not latents of the SAE \(d_sae=64"):
+        bv.interpret(findings, wide, candidates=["f0", "f70"], adapter=TorchAdapter(model), data=data,
+                     sae=sae, layer="1", out=tmp_path / "other", progress=False)
+    assert not (tmp_path / "other").exists()
