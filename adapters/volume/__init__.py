@@ -6,7 +6,9 @@ scan), ``preprocess`` (MONAI transform chains and their inverse), ``networks`` (
 networks, weights, bundles, hook points), ``windows`` (sliding windows that stitch hooked
 layers), ``adapter`` (:class:`VolumeAdapter`), ``maps`` and ``montage`` (the reverse path),
 ``agreement`` (maps against ground-truth masks), ``refine`` (attribution-refined maps that
-localise: integrated gradients from a lesion-free baseline), ``phantom`` (a brain-MRI-like cohort with
+localise: integrated gradients of the logit or of an SAE feature from a lesion-free baseline),
+``evidence`` (per-feature maps, agreement, peaks, atlas regions and group means:
+``VolumeAdapter.evidence``), ``phantom`` (a brain-MRI-like cohort with
 planted lesions, from the MNI152 template), ``demo`` (the shipped demo model in
 ``demo_model/``). Checkpoints load through :mod:`bioviz.adapters.weights`.
 """
@@ -15,6 +17,7 @@ from .adapter import VolumeAdapter
 from .agreement import map_agreement
 from .cohort import Cohort, CohortError, Scan
 from .demo import demo_adapter, demo_bundle_path
+from .evidence import Atlas, read_atlas, volume_evidence
 from .io import ScanError, load_scan
 from .montage import montage
 from .networks import (
@@ -27,11 +30,12 @@ from .networks import (
 )
 from .phantom import make_brain_cohort
 from .preprocess import PRESETS, PreprocessError
-from .refine import attribution_map, healthy_baseline, refined_to_nifti
+from .refine import attribution_map, feature_target, healthy_baseline, refined_to_nifti
 
 __all__ = [
     "VolumeAdapter", "Cohort", "CohortError", "Scan", "ScanError", "load_scan", "map_agreement",
     "montage", "build_network", "hook_points", "load_weights", "read_bundle", "WeightsError",
     "WeightsReport", "PRESETS", "PreprocessError", "demo_adapter", "demo_bundle_path",
-    "make_brain_cohort", "attribution_map", "healthy_baseline", "refined_to_nifti",
+    "make_brain_cohort", "attribution_map", "healthy_baseline", "refined_to_nifti", "feature_target",
+    "Atlas", "read_atlas", "volume_evidence",
 ]

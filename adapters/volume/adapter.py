@@ -88,7 +88,7 @@ class VolumeAdapter(Adapter):
                  on_bad_scan: str = "skip", strip_prefixes: tuple[str, ...] = STRIP_PREFIXES,
                  allow_missing: tuple[str, ...] = (), allow_unexpected: tuple[str, ...] = (),
                  allow_outside: bool = False, image_col: str = "image", mask_col: str = "mask",
-                 model_name: str | None = None):
+                 model_name: str | None = None, atlas=None):
         """
         Parameters
         ----------
@@ -136,6 +136,10 @@ class VolumeAdapter(Adapter):
             Manifest column holding the mask paths.
         model_name : str, optional
             Name recorded in the store's manifest (default: the bundle folder's name).
+        atlas : optional
+            A labelled atlas in the scans' template space for the region at each map's peak in
+            :meth:`evidence`: ``(label NIfTI, names CSV/TSV)`` or an ``evidence.Atlas``. It
+            changes no activation, so it is not part of :meth:`config`.
         """
         if layout not in LAYOUTS:
             raise InputError(f"layout={layout!r}: expected one of {LAYOUTS}")
@@ -180,6 +184,9 @@ class VolumeAdapter(Adapter):
             raise InputError(f"patch={patch!r}: expected a positive int or 3 positive ints")
         self.layout, self.on_bad_scan = layout, on_bad_scan
         self.allow_outside, self.image_col, self.mask_col = allow_outside, image_col, mask_col
+        from .evidence import read_atlas
+
+        self.atlas = read_atlas(atlas)  # read now: a missing file is an error here, not after extraction
         self.cohort: Cohort | None = None
         self.skipped: list[dict] = []
         self._in_channels = next((m.in_channels for m in self._model.modules() if isinstance(m, nn.Conv3d)), 1)
@@ -406,6 +413,18 @@ class VolumeAdapter(Adapter):
                     info.error, len(self.skipped))
 
     # -- maps back onto the scan ----------------------------------------------------------------
+
+    def evidence(self, table, features: list[str], *, data=None, sae=None,
+                 subjects: pd.DataFrame | None = None, label: str | None = None, out=None,
+                 progress: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+        """Maps of SAE ``features`` over the original scans (raw and attribution-refined), their
+        agreement with the cohort's masks, peaks in mm and atlas regions, and group means by
+        ``label``: :func:`bioviz.adapters.volume.evidence.volume_evidence` with this adapter's
+        ``atlas`` and its defaults (tables ``maps`` and ``map_groups``)."""
+        from .evidence import volume_evidence
+
+        return volume_evidence(self, table, features, data=data, sae=sae, subjects=subjects, label=label,
+                               out=out, atlas=self.atlas, progress=progress)
 
     def to_nifti(self, values, obs: pd.DataFrame, sample_id: str, *, data=None, interpolation: str = "linear"):
         """Per-row ``values`` of one scan's rows (``obs`` may hold other scans' rows too) as a
