@@ -74,6 +74,18 @@ def test_findings_directory_is_tidy_and_readable_with_pandas_alone(cohort, tmp_p
     assert back.subjects.n_obs == 40 and "diagnosis" in back.subjects.obs
 
 
+def test_nullable_float_columns_of_a_cohort_table_are_written(cohort, tmp_path):
+    """A cohort read with convert_dtypes has pandas Float64 columns (the volume adapter's
+    manifest columns), which anndata cannot write: they land as float64, NA as NaN."""
+    ft = cohort.copy()
+    ft.obs["age"] = ft.obs["age"].astype("Float64")
+    ft.obs["bmi"] = pd.array([np.nan if s == "S000" else 25.0 for s in ft.obs["subject_id"]], dtype="Float64")
+    associate(ft, ["diagnosis"], out=str(tmp_path / "f"), **FAST)
+    back = Findings.read(tmp_path / "f").subjects.obs
+    assert back["age"].dtype == np.float64 and back["bmi"].isna().sum() == 1
+    np.testing.assert_allclose(back["age"], ft.obs.groupby("subject_id")["age"].first().reindex(back.index).astype(float))
+
+
 def test_an_interrupted_write_leaves_nothing_and_other_folders_are_never_replaced(cohort, tmp_path, monkeypatch):
     import anndata as ad
 

@@ -425,3 +425,16 @@ def test_interpret_reports_the_intervention_in_the_description(planted, tmp_path
         bv.interpret(findings, wide, candidates=["f0", "f70"], adapter=TorchAdapter(model), data=data,
                      sae=sae, layer="1", out=tmp_path / "other", progress=False)
     assert not (tmp_path / "other").exists()
+
+
+def test_per_item_lists_are_repeated_with_the_batch():
+    """captum runs the batch once per step; per-item geometry kept in lists (the volume
+    adapter's scans) must repeat with it, or rows() sees only the first steps' items."""
+    from bioviz.interpret.attribution import _repeat
+
+    extra = {"scans": ["a", "b"], "t": torch.arange(2), "pair": ("x", "y"), "three": [1, 2, 3],
+             "nested": {"ids": torch.ones(2, 4)}}
+    out = _repeat(extra, 2, 3)
+    assert out["scans"] == ["a", "b"] * 3 and out["pair"] == ("x", "y") * 3
+    assert out["t"].tolist() == [0, 1] * 3 and out["nested"]["ids"].shape == (6, 4)
+    assert out["three"] == [1, 2, 3]  # not per item: as is

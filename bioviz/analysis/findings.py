@@ -105,7 +105,7 @@ class Findings:
                 for name in TABLES:
                     _write_parquet(getattr(self, "table" if name == "associations" else name),
                                    tmp / f"{name}.parquet")
-                self.subjects.write_h5ad(tmp / "subjects.h5ad")
+                _h5ad_safe(self.subjects).write_h5ad(tmp / "subjects.h5ad")
                 if len(self.table) and "primary" in self.table:
                     alpha = self.manifest.get("settings", {}).get("alpha", 0.05)
                     write_figures(self.table, tmp / "figures", alpha=alpha)
@@ -183,3 +183,17 @@ def _jsonable(value):
     if isinstance(value, (set, tuple)):
         return list(value)
     raise TypeError(f"cannot write {type(value).__name__} to manifest.json")
+
+
+def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
+    """``adata`` with nullable float columns (pandas ``Float64``, which a cohort table read
+    with ``convert_dtypes`` has and anndata cannot write) as float64, NA as NaN."""
+    floats = [c for c in adata.obs.columns
+              if isinstance(adata.obs[c].dtype, (pd.Float64Dtype, pd.Float32Dtype))]
+    if not floats:
+        return adata
+    out = adata.copy()
+    for c in floats:
+        out.obs[c] = out.obs[c].astype("float64")
+    return out
+

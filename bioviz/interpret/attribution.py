@@ -239,10 +239,13 @@ def _baseline(baseline, x: torch.Tensor, embedding: str | None) -> torch.Tensor:
 
 
 def _repeat(v, n: int, reps: int):
-    """Tensors with the batch on axis 0 repeated ``reps`` times (captum's layout: the
-    whole batch once per step); everything else as is."""
+    """Tensors with the batch on axis 0, and lists with one entry per item (the volume
+    adapter's per-scan geometry), repeated ``reps`` times (captum's layout: the whole batch
+    once per step); everything else as is."""
     if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n:
         return v.repeat(reps, *[1] * (v.ndim - 1))
+    if isinstance(v, (list, tuple)) and len(v) == n:
+        return type(v)(list(v) * reps)
     if isinstance(v, dict):
         return {k: _repeat(u, n, reps) for k, u in v.items()}
     return v
