@@ -388,3 +388,17 @@ def test_describe_cell_types_and_interventions_by_hand():
     inter.loc[1, "p_empirical"] = 0.3
     assert describe("f", {"interventions": inter})[0] == (
         "ablation moves the output no more than random features of its density (15.7x, p = 0.3)")
+
+
+def test_describe_map_groups_by_hand():
+    groups = pd.DataFrame({"feature": "f", "kind": ["raw", "refined", "refined"], "label": "dx",
+                           "label_value": ["1", "0", "1"], "n_masks": [5, 0, 5],
+                           "peak_x_mm": [10.4, -3.0, 46.2], "peak_y_mm": [0.0, 1.0, -20.0],
+                           "peak_z_mm": [5.0, 2.0, 30.4], "region": [None, None, "right hemisphere"],
+                           "dice": [0.0, np.nan, 0.8349], "pointing_hit": [0.0, np.nan, 1.0]})
+    text, sources = describe("f", {"map_groups": groups})
+    assert text == ("refined map of dx = 1 peaks at (46, -20, 30) mm (right hemisphere); Dice 0.83 "
+                    "with the masks, pointing game 100%")
+    assert ("map_groups", 2, "dice") in sources and ("map_groups", 2, "region") in sources
+    groups.loc[2, "peak_x_mm"] = np.nan  # a silent refined map of the cases: the control group's
+    assert describe("f", {"map_groups": groups})[0] == "refined map of dx = 0 peaks at (-3, 1, 2) mm"

@@ -335,3 +335,14 @@ def test_lesion_feature_maps_reach_dice_half_on_the_phantom_cohort(tmp_path):
     assert mean.loc["refined", "dice"] > mean.loc["raw", "dice"] + 0.3
     g = tables["map_groups"]
     assert set(g["label_value"]) == {"0", "1"} and (tmp_path / "ev" / g["montage_svg"].iloc[0]).is_file()
+    # the same through bv.interpret, from per-subject Findings: the description reads the maps
+    findings = bv.associate(ft, ["label"], n_permutations=0, n_boot=0, n_stability=0, heldout=None,
+                            probes=False, out=str(tmp_path / "findings"), progress=False)
+    result = bv.interpret(findings, ft, candidates=[feature], adapter=adapter, data=manifest, sae=sae,
+                          n_random=2, progress=False)
+    text = result.features.set_index("feature").loc[feature, "description"]
+    print(text)
+    refined = result.tables["map_groups"].query("kind == 'refined' and label_value == '1'").iloc[0]
+    assert "refined map of label = 1 peaks at" in text and f"Dice {refined['dice']:.2f} with the masks" in text
+    assert (tmp_path / "interpretation" / "map_groups.parquet").is_file()
+    assert "interventions" in result.tables and "input_space" not in result.skipped

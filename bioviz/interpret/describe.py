@@ -30,6 +30,11 @@ it. Each table is optional; the keys of ``evidence`` name them:
 ``motifs``
     :func:`~bioviz.interpret.motifs.match_jaspar`: ``matrix_id, name, p, q`` (``rank``
     optional): the best match, "matches JASPAR MA0139.2 CTCF, q = 1e-5".
+``map_groups``
+    The volume adapter's group-mean maps (``kind`` raw or refined, by label value): where the
+    map peaks and how it agrees with the masks, refined maps before raw ones and the group
+    with the most masks first: "refined map of label = 1 peaks at (46, -20, 30) mm, right
+    hemisphere; Dice 0.83 with the masks, pointing game 100%".
 ``interventions``
     :func:`~bioviz.interpret.intervene.intervene` with ``feature`` the feature described (the
     edited latent's index in another column): the output unit the ablation moves most, "ablation
@@ -66,6 +71,8 @@ TABLES = {
     "motifs": ("matrix_id", "name", "p", "q"),
     "association": ("label", "contrast", "effect_name", "effect", "q"),
     "interventions": ("role", "output", "mean_abs_change", "effect_ratio", "p_empirical"),
+    "map_groups": ("kind", "label", "label_value", "n_masks", "peak_x_mm", "peak_y_mm", "peak_z_mm",
+                   "region", "dice", "pointing_hit"),
 }
 _N_GENES = 3
 _SPECIFIC = 1.5  # mean in a cell type over the next type's, above which a feature is "specific"
@@ -183,6 +190,27 @@ def _motifs(rows, alpha):
              [Source("motifs", r, c) for c in ("matrix_id", "name", "q")])]
 
 
+def _map_groups(rows, alpha):
+    rows = rows.assign(_refined=rows["kind"].astype(str) != "refined",
+                       _masks=-rows["n_masks"].fillna(0).astype(float),
+                       _silent=rows["peak_x_mm"].isna())
+    r = _best(rows, ["_silent", "_refined", "_masks"])
+    if pd.isna(rows.at[r, "peak_x_mm"]):
+        return [(f"{rows.at[r, 'kind']} maps are silent", [Source("map_groups", r, "peak_x_mm")])]
+    xyz = ", ".join(f"{float(rows.at[r, c]):.0f}" for c in ("peak_x_mm", "peak_y_mm", "peak_z_mm"))
+    region = rows.at[r, "region"]
+    where = f" ({region})" if pd.notna(region) and str(region) else ""
+    cols = ["kind", "label", "label_value", "peak_x_mm", "peak_y_mm", "peak_z_mm"]
+    cols += ["region"] if where else []
+    text = (f"{rows.at[r, 'kind']} map of {rows.at[r, 'label']} = {rows.at[r, 'label_value']} "
+            f"peaks at ({xyz}) mm{where}")
+    if float(rows.at[r, "n_masks"] or 0) > 0 and pd.notna(rows.at[r, "dice"]):
+        text += (f"; Dice {float(rows.at[r, 'dice']):.2f} with the masks, pointing game "
+                 f"{float(rows.at[r, 'pointing_hit']):.0%}")
+        cols += ["n_masks", "dice", "pointing_hit"]
+    return [(text, [Source("map_groups", r, c) for c in cols])]
+
+
 def _direction(rows, r) -> tuple[float, str]:
     if "direction" in rows and pd.notna(rows.at[r, "direction"]):
         return float(rows.at[r, "direction"]), "direction"
@@ -234,7 +262,7 @@ def _interventions(rows, alpha):
 
 # the order phrases come in: what the feature is, then what it tells, then the caution
 _PHRASES = {"composition": _composition, "cell_types": _cell_types, "top_genes": _top_genes,
-            "enrichment": _enrichment, "motifs": _motifs, "association": _association, "interventions": _interventions,
+            "enrichment": _enrichment, "motifs": _motifs, "map_groups": _map_groups, "association": _association, "interventions": _interventions,
             "summary": _summary}
 
 

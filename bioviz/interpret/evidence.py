@@ -205,7 +205,8 @@ def _staging(out: Path | None) -> Path | None:
     return tmp
 
 
-_DESCRIBED = ("summary", "composition", "cell_types", "top_genes", "enrichment", "motifs", "association",
+_DESCRIBED = ("summary", "composition", "cell_types", "top_genes", "enrichment", "motifs", "map_groups",
+              "association",
               "interventions")
 
 
