@@ -183,8 +183,8 @@ class Adapter(ABC):
     # -- evidence mapped back to the input ----------------------------------------------------
 
     def evidence(self, table, features: list[str], *, data=None, sae=None,
-                 subjects: pd.DataFrame | None = None, label: str | None = None, out=None,
-                 progress: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+                 subjects: pd.DataFrame | None = None, label: str | None = None, reference=None,
+                 out=None, progress: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         """Evidence of SAE ``features`` mapped back to the model's input space: the motifs of
         the sequence windows where a feature fires, its maps over the original scans.
 
@@ -192,7 +192,8 @@ class Adapter(ABC):
         obs; ``features`` among its var names), ``data`` the cohort the rows came from,
         ``sae`` the loaded SAE (for attribution through the model; may be None), ``subjects``
         the per-subject clinical table (index ``subject_id``) with ``label`` the column that
-        groups them, ``out`` a folder (a :class:`pathlib.Path`, may be None) for files
+        groups them and ``reference`` its reference level when the Findings name one (the
+        controls: a baseline for attribution; None: infer it as the statistics do), ``out`` a folder (a :class:`pathlib.Path`, may be None) for files
         (NIfTI, figures). Returns ``(tables, skipped)``: tidy DataFrames by name, each with a
         ``feature`` column, and ``{evidence: reason}`` for what could not be gathered.
 

@@ -304,3 +304,19 @@ def test_survival_label_in_design_drops_missing_and_refuses_bad_times():
                                              "event": "death"}], clinical=clin)
     with pytest.raises(InputError, match=r"survival label"):
         design(_obs(), [{"name": "OS", "time": "os_months"}], clinical=clin)
+
+
+def test_reference_level_follows_the_case_rules():
+    from bioviz.analysis.clinical import reference_level
+
+    assert reference_level(["CN", "AD", "CN"], "dx", case="AD")[2] == "CN"
+    assert reference_level(["CN", "AD"], "dx")[2] == "AD"  # no rule names a case: second sorted is
+    assert reference_level(["control", "case"], "dx")[2] == "control"
+    assert reference_level([0, 1, 1], "lesion")[2] == 0 and not reference_level([True, False], "x")[2]
+    assert reference_level(["a", "b", "c", "a"], "site") == ("categorical", ["a", "b", "c"], "a")
+    assert reference_level(["AD", "CN", "MCI"], "dx", reference="CN")[2] == "CN"
+    assert reference_level(np.linspace(0, 1, 30), "age")[::2] == ("continuous", None)
+    with pytest.raises(InputError, match="reference='X' is not one of its levels"):
+        reference_level(["AD", "CN"], "dx", reference="X")
+    with pytest.raises(InputError, match="1 distinct value"):
+        reference_level(["AD", "AD"], "dx")

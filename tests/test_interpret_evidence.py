@@ -123,3 +123,30 @@ def test_a_feature_that_never_fires_is_said_so(tokens, tmp_path):
     with pytest.warns(UserWarning, match="f5 never fires"):
         result = interpret(tokens["findings"], ft, candidates=["f5"], out=tmp_path / "i", progress=False)
     assert "never fires" in result.features.set_index("feature").loc["f5", "description"]
+
+
+def test_the_adapter_gets_the_reference_level_the_findings_compared_against(tmp_path):
+    """A study coded AD/CN with case: AD (sorting alone would make CN the case): the adapter
+    is told CN is the reference, so its lesion-free baseline is the controls."""
+    from torch import nn
+
+    from bioviz.adapters import TorchAdapter
+
+    class Recording(TorchAdapter):
+        def evidence(self, table, features, **kw):
+            self.seen = {k: kw[k] for k in ("label", "reference")}
+            return {}, {}
+
+    rng = np.random.default_rng(1)
+    obs = pd.DataFrame({"subject_id": np.repeat([f"S{s}" for s in range(16)], 10)})
+    obs["sample_id"] = obs["subject_id"]
+    obs["dx"] = np.where(obs["subject_id"].str[1:].astype(int) % 2 == 0, "AD", "CN")
+    X = rng.exponential(1, (160, 3)) * (rng.random((160, 3)) < 0.5)
+    X[:, 0] += (obs["dx"] == "AD").to_numpy() * 2
+    ft = ad.AnnData(sp.csr_matrix(X.astype(np.float32)), obs=obs, var=pd.DataFrame(index=["f0", "f1", "f2"]))
+    ft.obs_names = ft.obs_names.astype(str)
+    findings = bv.associate(ft, [{"column": "dx", "kind": "binary", "case": "AD"}], n_permutations=0, n_boot=0,
+                            n_stability=0, heldout=None, probes=False, progress=False)
+    adapter = Recording(nn.Linear(2, 2))
+    interpret(findings, ft, candidates=["f0"], adapter=adapter, out=tmp_path / "i", progress=False)
+    assert adapter.seen == {"label": "dx", "reference": "CN"}

@@ -324,15 +324,15 @@ class SequenceAdapter(Adapter):
 
     # -- evidence ---------------------------------------------------------------------------
 
-    def evidence(self, table, features, *, data=None, sae=None, subjects=None, label=None, out=None,
-                 progress=True, **options):
+    def evidence(self, table, features, *, data=None, sae=None, subjects=None, label=None,
+                 reference=None, out=None, progress=True, **options):
         """Motif evidence of ``features``: the DNA where each fires most, the motifs it shares
         against DNA where it does not fire, and the JASPAR matrices they match.
 
         See :func:`bioviz.adapters.sequence.evidence.motif_evidence`, which this calls;
         ``options`` go to it (``n_top``, ``flank``, ``n_background``, ``min_windows``,
         ``max_motifs``, ``matches``, ``k``, ``alpha``, ``db``, ``tax_group``, ``seed``...).
-        ``sae`` is not needed (the codes are in ``table``). Tables, each with ``feature``:
+        ``sae`` and ``reference`` are not needed (the codes are in ``table``). Tables, each with ``feature``:
 
         - ``windows``: the top fired windows, ``rank`` (1 = highest activation), ``row`` (obs
           name), ``subject_id, sample_id, seq_id, chrom``, ``start, end`` (the window in genome

@@ -415,8 +415,8 @@ class VolumeAdapter(Adapter):
     # -- maps back onto the scan ----------------------------------------------------------------
 
     def evidence(self, table, features: list[str], *, data=None, sae=None,
-                 subjects: pd.DataFrame | None = None, label: str | None = None, out=None,
-                 progress: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+                 subjects: pd.DataFrame | None = None, label: str | None = None, reference=None,
+                 out=None, progress: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         """Maps of SAE ``features`` over the original scans (raw and attribution-refined), their
         agreement with the cohort's masks, peaks in mm and atlas regions, and group means by
         ``label``: :func:`bioviz.adapters.volume.evidence.volume_evidence` with this adapter's
@@ -424,7 +424,7 @@ class VolumeAdapter(Adapter):
         from .evidence import volume_evidence
 
         return volume_evidence(self, table, features, data=data, sae=sae, subjects=subjects, label=label,
-                               out=out, atlas=self.atlas, progress=progress)
+                               reference=reference, out=out, atlas=self.atlas, progress=progress)
 
     def to_nifti(self, values, obs: pd.DataFrame, sample_id: str, *, data=None, interpolation: str = "linear"):
         """Per-row ``values`` of one scan's rows (``obs`` may hold other scans' rows too) as a

@@ -163,7 +163,7 @@ def _bbox(shape, affine):
 
 
 def volume_evidence(adapter, table, features, *, data=None, sae=None, subjects: pd.DataFrame | None = None,
-                    label: str | None = None, out=None, atlas=None, n_maps: int = 6, n_steps: int = 16,
+                    label: str | None = None, reference=None, out=None, atlas=None, n_maps: int = 6, n_steps: int = 16,
                     sigma_vox: float = 1.5, signed: bool = False, n_baseline: int = 32,
                     figures: tuple[str, ...] = ("png", "svg"),
                     progress: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
@@ -190,6 +190,9 @@ def volume_evidence(adapter, table, features, *, data=None, sae=None, subjects: 
         Column of ``subjects`` (or of the rows' obs) grouping scans. Its control level (the
         non-case level of a binary label, else the first sorted level) gives the lesion-free
         scans of the refined maps' baseline; maps cover every level; groups are per level.
+    reference : optional
+        The control level of ``label`` when known (``interpret`` passes the Findings'
+        contrast: ``case: AD`` makes CN the reference); default: inferred as above.
     out : str or Path, optional
         Folder for files (``maps/<feature>/...``); None writes nothing.
     atlas : optional
@@ -238,7 +241,7 @@ def volume_evidence(adapter, table, features, *, data=None, sae=None, subjects: 
                          f"{cohort.source}; pass the manifest the rows came from")
     atlas = read_atlas(atlas)
     skipped: dict[str, str] = {}
-    labels, levels, control = _labels(obs, samples, subjects, label, skipped)
+    labels, levels, control = _labels(obs, samples, subjects, label, reference, skipped)
     pooled = bool((obs["grid_i"].to_numpy() < 0).all())
     if pooled:
         skipped["raw_maps"] = ("the rows are pooled per scan (layout='scan'): there is no activation "
@@ -287,7 +290,7 @@ def _frame(rows, columns) -> pd.DataFrame:
     return t
 
 
-def _labels(obs, samples, subjects, label, skipped):
+def _labels(obs, samples, subjects, label, reference, skipped):
     """``(label per sample or None, levels or None, control level or None)``."""
     if label is None:
         skipped["map_groups"] = "no label given: no group maps"
@@ -304,25 +307,16 @@ def _labels(obs, samples, subjects, label, skipped):
         where = list(subjects.columns) if subjects is not None else list(obs.columns)
         raise InputError(f"label={label!r} is not a column of the subjects table or the rows "
                          f"(columns: {where[:20]})")
-    from bioviz.analysis.clinical import _case_level, _infer_kind, _levels
+    from bioviz.analysis.clinical import reference_level
 
-    s = values.dropna()
-    levels = _levels(s)
-    if len(levels) < 2:
-        skipped["map_groups"] = f"label {label!r} has {len(levels)} value(s) among the mapped scans"
-        return values, levels or None, None
     try:
-        kind = _infer_kind(s, levels, label)
+        kind, levels, control = reference_level(values, label, reference=reference)
     except InputError as e:
         skipped["map_groups"] = str(e)
         return values, None, None
     if kind == "continuous":
         skipped["map_groups"] = f"label {label!r} is continuous: no groups and no lesion-free reference level"
         return values, None, None
-    control = levels[0]
-    if kind == "binary":
-        case, _ = _case_level(s, levels, None, label)
-        control = levels[1 - levels.index(case)]
     return values, levels, control
 
 

@@ -340,6 +340,32 @@ def _outcome(spec: dict, table: pd.DataFrame, notes: dict) -> Outcome:
     return Outcome(name, "categorical", codes, [str(lv) for lv in levels])
 
 
+def reference_level(values, label: str, *, case=None,
+                    reference=None) -> tuple[str, list, object | None]:
+    """``(kind, levels, reference)`` of a label's values, by the rules :func:`design` uses:
+    ``reference`` when given (one of the levels), else a binary label's non-case level
+    (``case`` given, True/1, or named: control, no, negative...) and a categorical label's
+    first sorted level; a continuous label has none. What maps and baselines compare against
+    (the lesion-free scans)."""
+    s = pd.Series(values).dropna()
+    levels = _levels(s)
+    if len(levels) < 2:
+        raise InputError(f"label {label!r} has {len(levels)} distinct value(s): no reference level")
+    kind = _infer_kind(s, levels, label)
+    if reference is not None:
+        for lv in levels:
+            if lv == reference or str(lv) == str(reference):
+                return kind, levels, lv
+        raise InputError(f"label {label!r}: reference={reference!r} is not one of its levels "
+                         f"{[str(v) for v in levels]}")
+    if kind == "continuous":
+        return kind, levels, None
+    if kind == "binary":
+        case_level, _ = _case_level(s, levels, case, label)
+        return kind, levels, levels[1 - levels.index(case_level)]
+    return kind, levels, levels[0]
+
+
 def _levels(s: pd.Series) -> list:
     """Distinct values, sorted (by text when they do not compare)."""
     values = list(pd.unique(s.dropna()))

@@ -317,7 +317,7 @@ def _input_space(tables, skipped, adapter, data, sae, ft, names, cand, findings,
         feats = [str(f) for f in group["feature"]]
         lab = None if pd.isna(lab) else str(lab)
         found, why = adapter.evidence(ft, feats, data=data, sae=sae, subjects=subjects, label=lab,
-                                      out=tmp, progress=progress)
+                                      reference=_reference(group), out=tmp, progress=progress)
         for k, t in found.items():
             parts.setdefault(k, []).append(t)
         skipped.update(why)
@@ -326,6 +326,16 @@ def _input_space(tables, skipped, adapter, data, sae, ft, names, cand, findings,
             raise InputError(f"{type(adapter).__name__}.evidence returned a table {k!r}, a name "
                              "interpret gives its own table")
         tables[k] = pd.concat(ts, ignore_index=True)
+
+
+def _reference(candidates: pd.DataFrame):
+    """The reference level the Findings compared against ("AD vs CN": CN), when one level
+    was compared with another; None for "vs rest", correlations and survival."""
+    for contrast in candidates.get("contrast", pd.Series(dtype=object)).dropna().astype(str):
+        if " vs " in contrast:
+            ref = contrast.split(" vs ", 1)[1]
+            return None if ref == "rest" else ref
+    return None
 
 
 def _causal(tables, skipped, adapter, data, sae, layer, names, n_random, seed, progress):
