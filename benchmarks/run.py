@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 # add "report" when its file exists: a listed group without a file is an error
-GROUPS = ["foundation", "sae", "singlecell", "volume", "analysis"]
+GROUPS = ["foundation", "sae", "singlecell", "volume", "analysis", "interpret"]
 
 
 def main(argv: list[str]) -> int:
