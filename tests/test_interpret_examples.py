@@ -377,10 +377,10 @@ def test_describe_cell_types_and_interventions_by_hand():
     assert describe("f", {"cell_types": cells})[0].startswith("no evidence available")
     cells.loc[0, "specificity"] = np.inf
     assert describe("f", {"cell_types": cells})[0] == "most specific to NK (only there)"
-    inter = pd.DataFrame({"feature": "f", "role": ["target", "target", "random", "random"],
-                          "output": [0, 1, 0, 1], "mean_abs_change": [0.2, 3.14, 0.1, 0.2],
-                          "effect_ratio": [2.0, 15.7, np.nan, np.nan],
-                          "p_empirical": [0.5, 1 / 21, np.nan, np.nan]})
+    inter = pd.DataFrame({"feature": "f", "role": ["target", "target"] + ["random"] * 40,
+                          "output": [0, 1] + [0, 1] * 20, "mean_abs_change": [0.2, 3.14] + [0.1, 0.2] * 20,
+                          "effect_ratio": [2.0, 15.7] + [np.nan] * 40,
+                          "p_empirical": [0.5, 1 / 21] + [np.nan] * 40})
     text, sources = describe("f", {"interventions": inter})
     assert text == ("ablation moves output 1 by 3.1 per item, 16x random features of its density "
                     "(p = 0.048)")
@@ -388,6 +388,10 @@ def test_describe_cell_types_and_interventions_by_hand():
     inter.loc[1, "p_empirical"] = 0.3
     assert describe("f", {"interventions": inter})[0] == (
         "ablation moves the output no more than random features of its density (15.7x, p = 0.3)")
+    inter.loc[1, "p_empirical"] = 1 / 21
+    few = inter.head(8).assign(p_empirical=0.25)  # 3 random features: p is never below 1/4
+    assert describe("f", {"interventions": few})[0] == (
+        "ablation moves output 1 15.7x as much as 3 random features of its density (too few for p < 0.05)")
 
 
 def test_describe_map_groups_by_hand():

@@ -492,7 +492,11 @@ class _FeatureMaps:
             return paths
         self.dir.mkdir(parents=True, exist_ok=True)
         nii = self.dir / f"{stem}.nii.gz"
-        nib.save(img, str(nii))
+        # stored as int16 with NIfTI's scale and offset (resolution: 1/65535 of the map's range):
+        # smooth float32 maps barely compress, ~3 MB a scan, and a study writes hundreds
+        small = nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine, img.header)
+        small.set_data_dtype(np.int16)
+        nib.save(small, str(nii))
         paths["nifti"] = nii.relative_to(self.out).as_posix()
         # the figure shows the map inside the head only: a coarse map's values in the air (the
         # padding the network saw) would take the montage's slices away from the table's peak

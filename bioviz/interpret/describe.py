@@ -252,6 +252,10 @@ def _interventions(rows, alpha):
     ratio, p = float(target.at[r, "effect_ratio"]), float(target.at[r, "p_empirical"])
     src = [Source("interventions", r, c) for c in ("output", "mean_abs_change", "effect_ratio",
                                                     "p_empirical")]
+    n_random = int((rows["role"].astype(str) == "random").sum() // max(len(target), 1))
+    if not 1 / (n_random + 1) < alpha:  # the smallest p that many random features can give
+        return [(f"ablation moves output {target.at[r, 'output']} {ratio:.1f}x as much as "
+                 f"{n_random} random features of its density (too few for p < {alpha:g})", src)]
     if not p < alpha:
         return [(f"ablation moves the output no more than random features of its density "
                  f"({ratio:.1f}x, p = {_q(p)})", src)]
