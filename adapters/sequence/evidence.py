@@ -25,8 +25,8 @@ from scipy.stats import hypergeom
 from tqdm.auto import tqdm
 
 from bioviz.errors import InputError, positive_int
-from bioviz.interpret.examples import _feature_list, _read, _safe
-from bioviz.interpret.motifs import _jaspar, discover, match_jaspar
+from bioviz.interpret.examples import feature_list, read_columns, safe_name
+from bioviz.interpret.motifs import discover, jaspar_matrices, match_jaspar
 
 from .adapter import _Window
 
@@ -267,7 +267,7 @@ def motif_evidence(adapter, table, features, *, data=None, subjects: pd.DataFram
     """
     if not isinstance(table, ad.AnnData):
         raise InputError(f"table must be the FeatureTable (an AnnData), got {type(table).__name__}")
-    names, idx = _feature_list(features, table.var_names)
+    names, idx = feature_list(features, table.var_names)
     opts = {"n_top": positive_int(n_top, "n_top"), "flank": _non_negative(flank, "flank"),
             "n_background": positive_int(n_background, "n_background"),
             "min_windows": positive_int(min_windows, "min_windows")}
@@ -291,7 +291,7 @@ def motif_evidence(adapter, table, features, *, data=None, subjects: pd.DataFram
         why = ("no data= given and the adapter has loaded no records: pass the cohort the rows "
                "came from")
         return tables, {"windows": why, "motifs": why}
-    cols = _read(table, names)
+    cols = read_columns(table, names)
     parts: dict[str, list] = {name: [] for name in tables}
     skipped: dict[str, str] = {}
     for j, f in enumerate(tqdm(names, desc="motif evidence", disable=not progress)):
@@ -516,7 +516,7 @@ def plot_motif_match(pwm, match=None, *, title: str = "discovered motif",
 
 
 def _write_logo(out: Path, feature, pwms: pd.DataFrame, best, db, collection, tax_group) -> str:
-    ids, _, mats = _jaspar(db, collection, tax_group)
+    ids, _, mats = jaspar_matrices(db, collection, tax_group)
     pwm = pwms.loc[pwms["motif"] == 1, list("ACGT")].to_numpy().T
     side = "reverse complement" if best["orientation"] == "-" else "as given"
     fig = plot_motif_match(
@@ -527,7 +527,7 @@ def _write_logo(out: Path, feature, pwms: pd.DataFrame, best, db, collection, ta
                     f"(q = {best['q']:.2g}, {side})",
         offset=int(best["offset"]), orientation=best["orientation"])
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"motif_logo_{_safe(str(feature))}"
+    stem = f"motif_logo_{safe_name(str(feature))}"
     fig.savefig(out / f"{stem}.png", dpi=200)
     fig.savefig(out / f"{stem}.svg")
     return f"{stem}.png"

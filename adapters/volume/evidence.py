@@ -34,7 +34,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from bioviz.errors import InputError, positive_int
-from bioviz.interpret.examples import _read, _safe
+from bioviz.interpret.examples import read_columns, safe_name
 
 __all__ = ["MAP_COLUMNS", "GROUP_COLUMNS", "KINDS", "Atlas", "read_atlas", "volume_evidence"]
 
@@ -224,7 +224,7 @@ def volume_evidence(adapter, table, features, *, data=None, sae=None, subjects: 
     bad = [f for f in figures if f not in ("png", "svg")]
     if bad:
         raise InputError(f"figures: {bad} not supported; expected 'png' and/or 'svg'")
-    cols = _read(table, features, progress=False)
+    cols = read_columns(table, features, progress=False)
     obs = cols.obs
     missing = [c for c in _GRID if c not in obs]
     if missing:
@@ -402,7 +402,7 @@ class _FeatureMaps:
     def __init__(self, adapter, cohort, feature, label, atlas, out, figures, skipped):
         self.adapter, self.cohort, self.feature, self.label = adapter, cohort, feature, label
         self.atlas, self.figures, self.skipped = atlas, figures, skipped
-        self.dir = out / "maps" / _safe(feature) if out is not None else None
+        self.dir = out / "maps" / safe_name(feature) if out is not None else None
         self.out = out
         self.rows: list[dict] = []
         self.sums: dict = {}  # (kind, value) → [map sum, n, rows]; ("anatomy", value) → [sum, n, mask sum]
@@ -453,7 +453,7 @@ class _FeatureMaps:
                 row["pointing_hit"], row["peak_distance_mm"] = False, None  # a silent map points nowhere
             title = (f"{self.feature}, {kind} map: {_WHAT[kind]}\n{sid}"
                      + (f" ({self.label}={value})" if value is not None else ""))
-            row.update(self._write(img, anat_img, mask_img, head, f"{_safe(sid)}_{kind}", title,
+            row.update(self._write(img, anat_img, mask_img, head, f"{safe_name(sid)}_{kind}", title,
                                    silent=row["peak_value"] is None))
             self.rows.append(row)
             self._add_map(kind, value, img, row)
@@ -581,7 +581,7 @@ class _FeatureMaps:
                 for k in _AGREE:
                     vals = [float(r[k]) for r in members if r[k] is not None]
                     row[k] = float(np.mean(vals)) if vals else None
-                stem = f"group_{_safe(str(self.label))}-{_safe(str(value))}_{kind}"
+                stem = f"group_{safe_name(str(self.label))}-{safe_name(str(value))}_{kind}"
                 title = (f"{self.feature}, {kind} map: {_WHAT[kind]}\nmean of {n} scan(s) with "
                          f"{self.label}={value}")
                 row.update(self._write(img, anat, mask, head, stem, title, silent=peak["peak_value"] is None))

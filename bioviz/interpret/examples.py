@@ -87,7 +87,9 @@ def _open(ft) -> tuple[ad.AnnData, bool]:
     return adata, True
 
 
-def _feature_list(features, var_names: pd.Index) -> tuple[list[str], np.ndarray]:
+def feature_list(features, var_names: pd.Index) -> tuple[list[str], np.ndarray]:
+    """``(names, column indices)`` of ``features`` (a name or a list) in ``var_names``; a
+    name that is not there is an error naming it and the closest names."""
     if isinstance(features, str):
         features = [features]
     try:
@@ -119,11 +121,13 @@ def _need_columns(obs: pd.DataFrame, names: dict[str, str | None]) -> None:
                              f"available: {', '.join(map(str, obs.columns))}")
 
 
-def _read(ft, features, *, progress: bool = False) -> _Columns:
-    """The columns of ``features`` in one pass over row blocks (never the whole X dense)."""
+def read_columns(ft, features, *, progress: bool = False) -> _Columns:
+    """The columns of ``features`` in one pass over row blocks (never the whole X dense):
+    ``.features`` (names), ``.X`` (CSC, rows × features), ``.obs``, and ``.top(j, n)``. ``ft`` is a
+    FeatureTable in memory, backed, or its path (opened and closed here)."""
     adata, opened = _open(ft)
     try:
-        names, idx = _feature_list(features, adata.var_names)
+        names, idx = feature_list(features, adata.var_names)
         X = adata.X
         n, d = adata.shape
         sparse = sp.issparse(X) or getattr(X, "format", None) in ("csr", "csc")  # or backed
@@ -226,7 +230,7 @@ def top_examples(ft, features, *, n: int = 20, label: str | None = None,
         Naming the features that never fire (they give no rows).
     """
     n = positive_int(n, "n")
-    c = _read(ft, features, progress=progress)
+    c = read_columns(ft, features, progress=progress)
     _need_columns(c.obs, {"subject_key": subject_key, "label": label})
     return _examples(c, n, label, subject_key, columns)
 
@@ -325,7 +329,7 @@ def feature_summary(ft, features, *, n_top: int = 50, label: str | None = None,
         Naming the features that never fire.
     """
     n_top = positive_int(n_top, "n_top")
-    c = _read(ft, features, progress=progress)
+    c = read_columns(ft, features, progress=progress)
     _need_columns(c.obs, {"subject_key": subject_key, "label": label})
     return _summary(c, n_top, label, subject_key)
 
@@ -421,7 +425,7 @@ def activation_histogram(ft, feature: str, *, ax=None, label: str | None = None)
     """
     if not isinstance(feature, str):
         raise InputError(f"feature: expected one feature name (e.g. 'f12'), got {feature!r}")
-    c = _read(ft, feature)
+    c = read_columns(ft, feature)
     _need_columns(c.obs, {"label": label})
     return _histogram(c, 0, ax, label)
 
@@ -429,7 +433,9 @@ def activation_histogram(ft, feature: str, *, ax=None, label: str | None = None)
 # ------------------------------------------------------------------ the folder
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
+    """A file or folder name for a feature: characters other than letters, digits, ``._-``
+    become ``_``; a name that would be hidden or empty gets a leading ``_``."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
     return "_" + safe if safe.startswith(".") or not safe else safe
 
@@ -476,9 +482,9 @@ def write_feature_evidence(ft, features, out_dir, *, n: int = 20, n_top: int = 5
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"out_dir={out} is a file; expected a folder")
-    c = _read(ft, features, progress=progress)
+    c = read_columns(ft, features, progress=progress)
     _need_columns(c.obs, {"subject_key": subject_key, "label": label})
-    dirs = [out / _safe(f) for f in c.features]
+    dirs = [out / safe_name(f) for f in c.features]
     if len(set(dirs)) < len(dirs):
         raise InputError("features: two names map to the same folder name once characters "
                          "other than letters, digits, '._-' become '_'; rename them")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .examples import _safe
+from .examples import safe_name
 
 _N_GENES = 15
 
@@ -87,7 +87,7 @@ def write_figures(tables: dict[str, pd.DataFrame], features: list[str], out: Pat
     """The figures each feature's evidence allows, in ``out/<feature>/``; the paths written."""
     written = []
     for f in features:
-        folder = out / _safe(f)
+        folder = out / safe_name(f)
         for name, draw in (("top_genes", top_genes_figure), ("enrichment", enrichment_figure),
                            ("interventions", intervention_figure)):
             t = tables.get(name)

@@ -627,7 +627,7 @@ def _max_null_sf(x: np.ndarray, off: int, nq: int, n_bins: int, lens: np.ndarray
 
 
 @lru_cache(maxsize=8)
-def _jaspar(db, collection: str | None, tax_group: str | None):
+def jaspar_matrices(db, collection: str | None, tax_group: str | None):
     """(matrix IDs, names, probability matrices) of a JASPAR selection, loaded once."""
     from pyjaspar import JASPAR_LATEST_RELEASE, jaspar_releases, jaspardb  # imports Biopython
 
@@ -688,7 +688,7 @@ def match_jaspar(pwm, *, db=None, collection: str | None = "CORE",
     if not (db is None or isinstance(db, str) or hasattr(db, "fetch_motifs")):
         raise InputError(f"db must be None, a JASPAR release name or a pyjaspar.jaspardb, got "
                          f"{type(db).__name__}")
-    ids, names, mats = _jaspar(db, collection, tax_group)
+    ids, names, mats = jaspar_matrices(db, collection, tax_group)
     res = tomtom(query, mats)
     res.insert(0, "name", names)
     res.insert(0, "matrix_id", ids)
