@@ -140,6 +140,11 @@ class Adapter(ABC):
         mask = batch.extra.get("mask")
         return mask.bool() if mask is not None and logits.ndim == 3 else None
 
+    def output_names(self, n_units: int) -> list[str] | None:
+        """Names of the ``n_units`` output units interventions measure (a masked-LM head's
+        vocabulary: gene names), or None when the adapter cannot name them (the default)."""
+        return None
+
     def task_loss(self, batch: Batch, output) -> torch.Tensor | None:
         """The model's own training loss on this batch, if the adapter can form it (masked-LM
         loss for MLM models); None when it cannot. Used for 'loss recovered'. Default: the

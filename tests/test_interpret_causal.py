@@ -5,6 +5,8 @@ References are independent of the code under test: captum called directly on a p
 forward function written here, f(x) computed by hand (hooks + the ReLU SAE's formula),
 and edits spliced in by hand with the explicit decode(codes') + (x - decode(codes))."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -438,3 +440,46 @@ def test_per_item_lists_are_repeated_with_the_batch():
     assert out["scans"] == ["a", "b"] * 3 and out["pair"] == ("x", "y") * 3
     assert out["t"].tolist() == [0, 1] * 3 and out["nested"]["ids"].shape == (6, 4)
     assert out["three"] == [1, 2, 3]  # not per item: as is
+
+
+def test_per_position_outputs_are_averaged_over_the_positions_that_count():
+    """A token model's output [items, positions, units]: one vector per item, the mean over
+    its unpadded positions (by hand), so items of any length can be compared."""
+    from bioviz.adapter import Batch
+    from bioviz.interpret.intervene import _outputs
+
+    logits = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    batch = Batch(torch.zeros(2, 3), pd.DataFrame({"subject_id": ["a", "b"]}), {"mask": mask})
+    got = _outputs(TorchAdapter(torch.nn.Identity()), None, {"logits": logits}, batch)
+    want = torch.stack([logits[0, :2].mean(0), logits[1, :1].mean(0)]).double()
+    torch.testing.assert_close(got, want)
+
+
+def test_interpret_on_the_cell_model_names_the_genes_its_ablation_moves(tmp_path):
+    """The shipped Geneformer-architecture demo with its masked-LM head: interventions read
+    the mean predicted logit of every vocabulary gene, named by the adapter."""
+    import bioviz as bv
+    from bioviz.adapters.singlecell.demo import DEMO_DIR, demo_adapter, pbmc68k_counts
+
+    adata = pbmc68k_counts()[::20].copy()  # 35 cells, 8 libraries as subjects
+    adapter = demo_adapter(rows="gene", subject_key="library", run_head=True)
+    store = bv.extract(adapter, adata, "bert.encoder.layer.1", tmp_path / "store", batch_size=16, progress=False)
+    sae, = bv.train(store.path, max_steps=40, batch_size=1024, output_dir=str(tmp_path / "sae"),
+                    sae={"architecture": "relu", "expansion_factor": 2},
+                    trainer={"enable_progress_bar": False, "enable_model_summary": False, "logger": False})
+    ft = bv.encode(sae, store, progress=False)
+    ft.obs["group"] = np.where(ft.obs["subject_id"].astype(str).str[-1].isin(list("0246")), "a", "b")
+    findings = bv.associate(ft, ["group"], n_permutations=0, n_boot=0, n_stability=0, heldout=None,
+                            probes=False, progress=False)
+    feature = str(ft.var_names[int(np.argmax(ft.var["density"].to_numpy()))])
+    result = bv.interpret(findings, ft, candidates=[feature], adapter=adapter, data=adata, sae=sae,
+                          n_random=3, out=tmp_path / "i", gene_sets=None, progress=False)
+    tab = result.tables["interventions"]
+    vocab = json.loads((DEMO_DIR / "token_dictionary.json").read_text())
+    target = tab[tab["role"] == "target"]
+    assert len(target) == len(vocab) == adapter.model.config.vocab_size  # one row per vocabulary entry
+    names = {v: k for k, v in vocab.items()}
+    assert (target["output_name"] == target["output"].map(names)).all()
+    top = target.loc[target["mean_abs_change"].idxmax(), "output_name"]
+    assert f"the prediction of {top}" in result.features.set_index("feature").loc[feature, "description"]

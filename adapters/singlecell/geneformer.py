@@ -145,6 +145,11 @@ class GeneformerAdapter(SingleCellAdapter):
     def model(self):
         return self._model
 
+    def output_names(self, n_units: int) -> list[str] | None:
+        """The vocabulary's genes by token id, when the head predicts over the vocabulary."""
+        names = {v: k for k, v in self.token_dict.items()}
+        return [names.get(i, f"token {i}") for i in range(n_units)] if n_units == len(names) else None
+
     def _vocabulary(self):
         return self.medians.keys()
 

@@ -207,6 +207,11 @@ class ScGPTAdapter(SingleCellAdapter):
     def model(self):
         return self._model
 
+    def output_names(self, n_units: int) -> list[str] | None:
+        """The vocabulary's genes by token id, when the output runs over the vocabulary."""
+        names = {int(v): k for k, v in dict(self.vocab).items()} if hasattr(self.vocab, "items") else {}
+        return [names.get(i, f"token {i}") for i in range(n_units)] if n_units == len(names) else None
+
     def _vocabulary(self):
         return [k for k in self.vocab if k not in SPECIAL and k != self.pad_token]
 

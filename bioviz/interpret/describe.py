@@ -250,16 +250,18 @@ def _interventions(rows, alpha):
         return []
     r = target["mean_abs_change"].astype(float).idxmax()
     ratio, p = float(target.at[r, "effect_ratio"]), float(target.at[r, "p_empirical"])
-    src = [Source("interventions", r, c) for c in ("output", "mean_abs_change", "effect_ratio",
+    unit = "output_name" if "output_name" in target and pd.notna(target.at[r, "output_name"]) else "output"
+    what = f"output {target.at[r, unit]}" if unit == "output" else f"the prediction of {target.at[r, unit]}"
+    src = [Source("interventions", r, c) for c in (unit, "mean_abs_change", "effect_ratio",
                                                     "p_empirical")]
     n_random = int((rows["role"].astype(str) == "random").sum() // max(len(target), 1))
     if not 1 / (n_random + 1) < alpha:  # the smallest p that many random features can give
-        return [(f"ablation moves output {target.at[r, 'output']} {ratio:.1f}x as much as "
+        return [(f"ablation moves {what} {ratio:.1f}x as much as "
                  f"{n_random} random features of its density (too few for p < {alpha:g})", src)]
     if not p < alpha:
         return [(f"ablation moves the output no more than random features of its density "
                  f"({ratio:.1f}x, p = {_q(p)})", src)]
-    return [(f"ablation moves output {target.at[r, 'output']} by "
+    return [(f"ablation moves {what} by "
              f"{float(target.at[r, 'mean_abs_change']):.2g} per item, {ratio:.0f}x random "
              f"features of its density (p = {_q(p)})", src)]
 

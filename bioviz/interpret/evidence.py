@@ -350,7 +350,12 @@ def _causal(tables, skipped, adapter, data, sae, layer, names, n_random, seed, p
                       progress=progress)
         # ``feature`` names the candidate, as in every other table; ``edited`` the latent
         parts.append(t.rename(columns={"feature": "edited"}).assign(feature=name))
-    tables["interventions"] = pd.concat(parts, ignore_index=True)
+    table = pd.concat(parts, ignore_index=True)
+    names_out = adapter.output_names(int(table["output"].max()) + 1)
+    if names_out is not None:  # what each output unit is (a gene of a masked-LM head)
+        table.insert(table.columns.get_loc("output") + 1, "output_name",
+                     [names_out[i] for i in table["output"]])
+    tables["interventions"] = table
 
 
 def _write(result: Interpretation, ft, names, tmp: Path, findings, notes, alpha, progress) -> None:

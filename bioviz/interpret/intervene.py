@@ -76,8 +76,11 @@ def intervene(adapter, data, sae: SparseAutoencoder, layer: str | None, feature:
     output_fn
         ``output_fn(model output) -> [n_items, n_outputs]`` tensor: what to measure (a
         class's logit, a pooled embedding). Default: ``adapter.logits(output)`` (the
-        logits, else the output's main tensor) flattened per item; keep it small for
-        models with large outputs, the sums are held per feature and output unit.
+        logits, else the output's main tensor) flattened per item; per-position outputs
+        ``[items, positions, units]`` (a masked-LM head over genes, hidden states) are
+        averaged over the positions ``adapter.positions`` counts, one value per unit
+        (vocabulary entry: ``adapter.output_names`` names them). Keep it small for models
+        with large outputs: the sums are held per feature and output unit.
     density_band
         Random features fire within this factor (> 1) of the feature's density.
     progress
@@ -251,9 +254,20 @@ def _edit(sae: SparseAutoencoder, feature: int, mode: str, value: float | None):
     return fn
 
 
-def _outputs(adapter, output_fn, out, n: int) -> torch.Tensor:
+def _outputs(adapter, output_fn, out, batch) -> torch.Tensor:
+    n = len(batch)
     if output_fn is None:
-        return adapter.logits(out).reshape(n, -1).double()
+        y = adapter.logits(out)
+        if y.ndim == 3:
+            # per-position outputs (a token model's predictions over its vocabulary, or its
+            # hidden states): the mean over the positions that count, so items of any length
+            # give one fixed-size vector (a cell's mean predicted logit per gene)
+            keep = adapter.positions(batch, y)
+            if keep is None:
+                return y.double().mean(1)
+            w = keep.to(y.dtype).unsqueeze(-1)
+            return ((y * w).sum(1) / w.sum(1).clamp(min=1)).double()
+        return y.reshape(n, -1).double()
     y = output_fn(out)
     if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[0] != n:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -270,7 +284,7 @@ def _effects(adapter, loader, sae, layer, features, mode, value, output_fn, prog
     n_items = 0
     for batch in tqdm(loader, desc="intervene", disable=not progress):
         batch = to_device(batch, device)
-        clean = _outputs(adapter, output_fn, adapter.run(batch).output, len(batch))
+        clean = _outputs(adapter, output_fn, adapter.run(batch).output, batch)
         if s1 is None:
             s1, s2, sa = (clean.new_zeros(len(features), clean.shape[1]) for _ in range(3))
         elif clean.shape[1] != s1.shape[1]:
@@ -278,7 +292,7 @@ def _effects(adapter, loader, sae, layer, features, mode, value, output_fn, prog
                              f"{s1.shape[1]} in another; give output_fn= a fixed-size output")
         for j, edit in enumerate(edits):
             out = adapter.run(batch, splice={layer: edit}).output
-            delta = _outputs(adapter, output_fn, out, len(batch)) - clean
+            delta = _outputs(adapter, output_fn, out, batch) - clean
             s1[j] += delta.sum(0)
             s2[j] += delta.square().sum(0)
             sa[j] += delta.abs().sum(0)
