@@ -209,7 +209,7 @@ class ScGPTAdapter(SingleCellAdapter):
 
     def output_names(self, n_units: int) -> list[str] | None:
         """The vocabulary's genes by token id, when the output runs over the vocabulary."""
-        names = {int(v): k for k, v in dict(self.vocab).items()} if hasattr(self.vocab, "items") else {}
+        names = {int(v): k for k, v in self.vocab.items()}
         return [names.get(i, f"token {i}") for i in range(n_units)] if n_units == len(names) else None
 
     def _vocabulary(self):
