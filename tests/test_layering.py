@@ -12,7 +12,7 @@ APPLICATION = {"cli", "demo", "run"}
 # rank in the flow of artifacts; a module may import modules of equal or lower rank
 RANK = {"version": 0, "errors": 0, "lock": 0, "checksum": 0, "hooks": 0, "tables": 0, "batches": 0, "trainer": 0,
         "adapter": 1, "store": 2, "extract": 3, "sae": 4, "provenance": 5, "features": 5,
-        "evaluate": 6, "analysis": 7, "interpret": 8}
+        "evaluate": 6, "analysis": 7, "interpret": 8, "report": 9}
 
 
 def _imports(path: Path) -> list[str]:

@@ -1,0 +1,5 @@
+"""The report stage (being built): what a lab hands to clinicians, de-identified."""
+
+from .deidentify import Pseudonyms, deidentify, find_identifiers
+
+__all__ = ["Pseudonyms", "deidentify", "find_identifiers"]
