@@ -12,6 +12,7 @@ import pandas as pd
 from .examples import safe_name
 
 _N_GENES = 15
+_N_OUTPUTS = 15  # output units drawn at most (a vocabulary has thousands)
 
 
 def _figure(width: float, height: float):
@@ -63,19 +64,26 @@ def enrichment_figure(rows: pd.DataFrame, feature: str, folder: Path, alpha: flo
 
 def intervention_figure(rows: pd.DataFrame, feature: str, folder: Path) -> list[Path]:
     """Mean |output change| on ablation, per output unit: the feature (red) and each random
-    feature of its density (grey points)."""
-    outputs = sorted(rows["output"].unique())
+    feature of its density (grey points). With many units (a vocabulary), the
+    ``_N_OUTPUTS`` the feature moves most."""
+    tgt = rows[rows["role"] == "target"]
+    many = len(tgt) > _N_OUTPUTS
+    outputs = list(tgt.nlargest(_N_OUTPUTS, "mean_abs_change")["output"]) if many else sorted(tgt["output"])
     pos = {o: i for i, o in enumerate(outputs)}
-    fig, ax = _figure(max(3.5, 0.5 * len(outputs) + 2), 3.2)
+    rows = rows[rows["output"].isin(pos)]
+    tgt = rows[rows["role"] == "target"]
+    names = (dict(zip(tgt["output"], tgt["output_name"].astype(str))) if "output_name" in tgt
+             else {o: str(o) for o in outputs})
+    fig, ax = _figure(max(3.5, 0.45 * len(outputs) + 2), 3.4)
     rand = rows[rows["role"] == "random"]
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(rand))
     ax.scatter(rand["output"].map(pos) + jitter, rand["mean_abs_change"], s=10, color="#999999",
                label="random features, same density")
-    tgt = rows[rows["role"] == "target"]
     ax.scatter(tgt["output"].map(pos), tgt["mean_abs_change"], s=40, color="#cc3311", marker="D",
                label=feature)
-    ax.set_xticks(range(len(outputs)), [str(o) for o in outputs])
-    ax.set_xlabel("model output unit")
+    ax.set_xticks(range(len(outputs)), [names.get(o, str(o)) for o in outputs],
+                  rotation=90 if len(outputs) > 6 else 0, fontsize=8)
+    ax.set_xlabel("model output unit" + (f" (the {len(outputs)} it moves most)" if many else ""))
     ax.set_ylabel("mean |change| on ablation")
     ax.set_title(f"{feature}: ablation vs random features", fontsize=10)
     ax.legend(fontsize=8)
