@@ -105,3 +105,28 @@ def test_a_deidentified_table_written_out_is_clean(tmp_path):
     table.to_csv(out / "raw.tsv", sep="\t", index=False)
     assert set(find_identifiers(out, originals)["value"]) >= set(table["subject_id"]) | {"Ada Lovelace"}
     assert np.isin(["raw.tsv"], find_identifiers(out, originals)["file"]).all()
+
+
+def test_data_folder_holds_every_table_as_tsv_and_json_with_pseudonyms(tmp_path):
+    import json
+
+    from bioviz.report.data import write_data
+
+    table = _clinical()
+    candidates = pd.DataFrame({"feature": ["f3", "f9"], "effect": [0.81, np.nan], "q": [0.003, np.inf]})
+    subjects = table.set_index("subject_id")[["age", "diagnosis"]]
+    p = Pseudonyms(seed=0)
+    index = write_data({"candidates": candidates, "subjects": subjects, "per subject/rows": table[["subject_id"]]},
+                       tmp_path / "data", p)
+    assert index["tsv"].tolist() == ["candidates.tsv", "subjects.tsv", "per_subject_rows.tsv"]
+    back = pd.read_csv(tmp_path / "data" / "candidates.tsv", sep="\t")
+    np.testing.assert_allclose(back["effect"], candidates["effect"])  # NA read back as NaN
+    assert json.loads((tmp_path / "data" / "candidates.json").read_text()) == [
+        {"feature": "f3", "effect": 0.81, "q": 0.003}, {"feature": "f9", "effect": None, "q": "inf"}]
+    subj = pd.read_csv(tmp_path / "data" / "subjects.tsv", sep="\t")  # the named index became a column
+    assert subj["subject_id"].tolist() == [p.mapping[s] for s in table["subject_id"]]
+    rows = pd.read_csv(tmp_path / "data" / "per_subject_rows.tsv", sep="\t")
+    assert rows["subject_id"].tolist() == subj["subject_id"].tolist()  # one pseudonym per subject
+    assert find_identifiers(tmp_path / "data", table["subject_id"]).empty
+    with pytest.raises(InputError, match=r"tables\['x'\]: expected a pandas DataFrame"):
+        write_data({"x": [1, 2]}, tmp_path / "d2", p)
