@@ -29,9 +29,6 @@ from ..errors import InputError, positive_int
 from ..features import open_feature_table
 from ..sae import SparseAutoencoder, load_sae
 
-TABLES = ("summary", "examples", "top_genes", "composition", "cell_types", "enrichment", "enrichment_preranked", "gene_sets", "de",
-          "motifs", "windows", "maps", "map_groups", "interventions")
-
 
 @dataclass
 class Interpretation:
@@ -129,9 +126,10 @@ def interpret(findings: Findings | str | os.PathLike, features: ad.AnnData | str
                      n_permutations, seed, progress)
             _input_space(tables, skipped, adapter, data, sae, ft, names, cand, findings, tmp, progress)
             _causal(tables, skipped, adapter, data, sae, layer, names, n_random, seed, progress)
+        from .describe import TABLES as DESCRIBED
         from .describe import describe_all
 
-        described = describe_all(names, {k: v for k, v in tables.items() if k in _DESCRIBED and len(v)},
+        described = describe_all(names, {k: v for k, v in tables.items() if k in DESCRIBED and len(v)},
                                  alpha=alpha)
         described.insert(1, "rank", cand["rank"].to_numpy()[:len(described)])
         described["sources"] = described["sources"].map(
@@ -205,9 +203,6 @@ def _staging(out: Path | None) -> Path | None:
     return tmp
 
 
-_DESCRIBED = ("summary", "composition", "cell_types", "top_genes", "enrichment", "motifs", "map_groups",
-              "association",
-              "interventions")
 
 
 def _feature_table(features, findings):
