@@ -39,6 +39,7 @@ class Interpretation:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    notes: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         where = f" at {self.path}" if self.path else ""
@@ -47,6 +48,24 @@ class Interpretation:
         lines += [f"  {r.feature}: {r.description}" for r in self.features.head(10).itertuples()]
         lines += [f"  skipped {k}: {v}" for k, v in self.skipped.items()]
         return "\n".join(lines)
+
+    @classmethod
+    def read(cls, path) -> Interpretation:
+        """Open an interpretation folder written by :func:`interpret`; an incomplete one is an
+        error naming what lacks."""
+        path = Path(path)
+        meta = path / "interpretation.json"
+        if not meta.exists():
+            raise InputError(f"{path} is not an interpretation folder (no interpretation.json); make one "
+                             "with bioviz.interpret(findings, out=...)")
+        record = json.loads(meta.read_text())
+        missing = [f"{t}.parquet" for t in ("features", *record.get("tables", []))
+                   if not (path / f"{t}.parquet").exists()]
+        if missing:
+            raise InputError(f"interpretation folder {path} lacks {', '.join(missing)}")
+        tables = {t: pd.read_parquet(path / f"{t}.parquet") for t in record.get("tables", [])}
+        return cls(features=pd.read_parquet(path / "features.parquet"), tables=tables,
+                   skipped=dict(record.get("skipped", {})), path=path, notes=dict(record.get("notes", {})))
 
 
 def interpret(findings: Findings | str | os.PathLike, features: ad.AnnData | str | None = None, *,
@@ -136,7 +155,7 @@ def interpret(findings: Findings | str | os.PathLike, features: ad.AnnData | str
             lambda s: json.dumps([list(map(str, x)) for x in s]))
         result = Interpretation(features=described,
                                 tables={k: v for k, v in tables.items() if k != "association"},
-                                skipped=skipped)
+                                skipped=skipped, notes=notes)
         if tmp is not None:
             _write(result, ft, names, tmp, findings, notes, alpha, progress)
             if out.exists():
