@@ -10,12 +10,13 @@ from .evaluate import fidelity, stability
 from .extract import extract
 from .features import encode
 from .hooks import capture, layer_names, patch, resolve_layers
-from .interpret import interpret
+from .interpret import Interpretation, interpret
+from .report import report
 from .sae import SAEConfig, load_sae
 from .sae.train import train
 from .store import ActivationStore, StoreError
 from .version import __version__
 
 __all__ = ["__version__", "extract", "train", "encode", "aggregate", "associate", "rank_rows", "to_obsm",
-           "Findings", "interpret", "fidelity", "stability", "capture", "patch", "layer_names", "resolve_layers",
+           "Findings", "interpret", "Interpretation", "report", "fidelity", "stability", "capture", "patch", "layer_names", "resolve_layers",
            "load_sae", "SAEConfig", "ActivationStore", "StoreError", "BiovizError", "InputError"]

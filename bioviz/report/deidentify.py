@@ -25,7 +25,7 @@ from pandas.api.types import (
 
 from ..errors import InputError
 
-__all__ = ["Pseudonyms", "deidentify", "find_identifiers", "AGE_CAP"]
+__all__ = ["Pseudonyms", "deidentify", "scrub", "find_identifiers", "AGE_CAP"]
 
 AGE_CAP = 89  # HIPAA Safe Harbor: ages over 89 are aggregated into one "90 or older"
 _TEXT_UNIQUE_SHARE = 0.5  # a text column whose values are mostly distinct and long is free text
@@ -176,16 +176,53 @@ def deidentify(table: pd.DataFrame, pseudonyms: Pseudonyms, *, subject_key: str 
     return t, record
 
 
+def _id_pattern(values):
+    """Identifiers as whole tokens: not inside a longer word or number. ``_``, ``-`` and ``:``
+    separate tokens (``S01_c3`` is cell 3 of subject ``S01``); a ``.`` followed by a digit does
+    not (``12`` is not found in ``0.12``)."""
+    import re
+
+    vals = sorted({str(v) for v in values}, key=len, reverse=True)
+    return re.compile(r"(?<![A-Za-z0-9.])(" + "|".join(map(re.escape, vals)) + r")(?![A-Za-z0-9]|\.\d)")
+
+
+def scrub(table: pd.DataFrame, pseudonyms: Pseudonyms, identifiers: Iterable, *,
+          min_length: int = 3) -> pd.DataFrame:
+    """A copy of ``table`` in which every identifier found inside a text cell (a cell id that
+    embeds its subject, "S027: 0.20, S016: 0.12") is replaced by its pseudonym. Identifiers
+    shorter than ``min_length`` are replaced only where they are a whole cell (a bare ``7``
+    inside other text cannot be told from a number)."""
+    ids = {str(v) for v in identifiers if v is not None and str(v).strip()}
+    if not ids:
+        return table.copy()
+    pseudonyms.assign(sorted(ids))
+    mapping = pseudonyms.mapping
+    long_ids = [v for v in ids if len(v) >= min_length]
+    pattern = _id_pattern(long_ids) if long_ids else None
+    t = table.copy()
+    for c in t.columns:
+        s = t[c]
+        if not (is_object_dtype(s) or is_string_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)):
+            continue
+        text = s.astype(object)
+        whole = text.map(lambda v: isinstance(v, str) and v in ids)
+        out = text.where(~whole, text.map(lambda v: mapping.get(v, v) if isinstance(v, str) else v))
+        if pattern is not None:
+            out = out.map(lambda v: pattern.sub(lambda m: mapping[m.group(1)], v) if isinstance(v, str) else v)
+        t[c] = out
+    return t
+
+
 def find_identifiers(folder, values: Iterable, *, min_length: int = 3) -> pd.DataFrame:
     """Every occurrence of any of ``values`` (original identifiers, values of identifying
     columns) in the text files of ``folder`` and in the text of its PDFs.
 
     A value shorter than ``min_length`` characters is not searched for (it would match by
     chance: "12", "A"); those are listed in the result's ``attrs["not_searched"]``. Matches
-    are whole tokens (not inside a longer word or number). Returns ``file, value, count``;
+    are whole tokens (not inside a longer word or number; ``_`` and ``-`` separate tokens, so
+    ``S01`` is found in ``S01_c3``). Returns ``file, value, count``;
     empty when the folder is clean.
     """
-    import re
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -195,36 +232,43 @@ def find_identifiers(folder, values: Iterable, *, min_length: int = 3) -> pd.Dat
     vals = [v for v in vals if len(v) >= min_length]
     rows = []
     if vals:
-        pattern = re.compile(r"(?<![\w])(" + "|".join(map(re.escape, vals)) + r")(?![\w])")
+        pattern = _id_pattern(vals)
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            text = _text_of(path)
-            if text is None:
+            texts = _text_of(path)
+            if texts is None:
                 continue
-            for value, count in pd.Series(pattern.findall(text), dtype=object).value_counts().items():
+            # a PDF's text is read several ways (one may miss what another finds): the most
+            # occurrences any reading gives, not their sum
+            counts = pd.concat([pd.Series(pattern.findall(t), dtype=object).value_counts() for t in texts],
+                               axis=1).fillna(0).max(axis=1)
+            for value, count in counts.items():
                 rows.append({"file": str(path.relative_to(folder)), "value": value, "count": int(count)})
     out = pd.DataFrame(rows, columns=["file", "value", "count"])
     out.attrs["not_searched"] = short
     return out
 
 
-def _text_of(path: Path) -> str | None:
+def _text_of(path: Path) -> list[str] | None:
     suffix = path.suffix.lower()
     if suffix in _SCANNED:
-        return path.read_text(errors="replace")
+        return [path.read_text(errors="replace")]
     if suffix == ".pdf":
-        return _pdf_text(path)
+        return _pdf_texts(path)
     if suffix == ".parquet":
-        return pd.read_parquet(path).to_csv(sep="\t")
+        return [pd.read_parquet(path).to_csv(sep="\t")]
     return None
 
 
-def _pdf_text(path: Path) -> str:
-    """The PDF's text: pdftotext (poppler-utils) when installed, plus the raw bytes and every
-    content stream inflated, so literal text (core fonts, metadata) is searched without it."""
+def _pdf_texts(path: Path) -> list[str]:
+    """The PDF's text, read three ways: the raw bytes with every content stream inflated
+    (literal text, metadata), pypdf's extraction (embedded subset fonts map glyphs back to
+    text only through their ToUnicode tables), and pdftotext (poppler-utils) when installed."""
     import re
     import shutil
     import subprocess
     import zlib
+
+    import pypdf
 
     data = path.read_bytes()
     parts = [data.decode("latin-1")]
@@ -233,8 +277,15 @@ def _pdf_text(path: Path) -> str:
             parts.append(zlib.decompress(m.group(1)).decode("latin-1"))
         except zlib.error:
             continue
+    texts = ["\n".join(parts)]
+    try:
+        reader = pypdf.PdfReader(str(path))
+        texts.append("\n".join((page.extract_text() or "") for page in reader.pages)
+                     + "\n" + " ".join(str(v) for v in (reader.metadata or {}).values()))
+    except Exception as err:  # an unreadable PDF is reported, not taken as clean
+        raise InputError(f"{path}: could not read the PDF's text to check it ({err})") from err
     tool = shutil.which("pdftotext")
     if tool is not None:
         done = subprocess.run([tool, "-q", str(path), "-"], capture_output=True, text=True, check=False)
-        parts.append(done.stdout)
-    return "\n".join(parts)
+        texts.append(done.stdout)
+    return texts
