@@ -10,6 +10,7 @@ train      LightningCLI over :class:`~bioviz.sae.train.SAEModule` and
 encode     :func:`bioviz.features.encode`
 associate  :func:`bioviz.analysis.associate` (writes a Findings directory)
 interpret  :func:`bioviz.interpret.interpret` (writes ``interpretation/`` beside the Findings)
+report     :func:`bioviz.report.report` (writes ``report/``: HTML, PDF, atlas, data/)
 info       :func:`bioviz.store.info.describe`
 demo       :func:`bioviz.demo.run`
 =========  ==============================================================================
@@ -181,6 +182,7 @@ def _stages() -> dict[str, _Stage]:
     from .extract import extract
     from .features import encode
     from .interpret import interpret
+    from .report import report
     from .store.info import describe
 
     return {
@@ -189,6 +191,7 @@ def _stages() -> dict[str, _Stage]:
         "encode": _Stage(encode, positional=True),
         "associate": _Stage(associate),
         "interpret": _Stage(interpret),
+        "report": _Stage(report),
         "info": _Stage(describe, config=None, positional=True),
         "demo": _Stage(run, show=False),
     }

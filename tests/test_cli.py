@@ -21,6 +21,7 @@ from bioviz.demo import run
 from bioviz.extract import extract
 from bioviz.features import encode
 from bioviz.interpret import interpret
+from bioviz.report import report
 from bioviz.sae.data import ActivationDataModule
 from bioviz.sae.train import SAEModule
 from bioviz.store import ActivationStore
@@ -37,6 +38,7 @@ STAGES = {
     "info": (describe, set()),
     "demo": (run, set()),
     "interpret": (interpret, set()),
+    "report": (report, set()),
 }
 
 

@@ -57,7 +57,7 @@ class Pseudonyms:
         rng = np.random.default_rng(self.seed) if self.seed is not None else None
         used = set(self.mapping.values())
         for ident in pd.unique(pd.Series([str(i) for i in identifiers], dtype=object)):
-            if ident in self.mapping:
+            if ident in self.mapping or ident in used:  # known, or already a pseudonym (tables pass twice)
                 continue
             p = self._draw(rng)
             while p in used:
@@ -70,7 +70,7 @@ class Pseudonyms:
         """``values`` with every identifier replaced by its pseudonym."""
         s = pd.Series(values, dtype=object).astype(str)
         self.assign(s)
-        return s.map(self.mapping)
+        return s.map(lambda v: self.mapping.get(v, v))
 
     def write_key(self, path, report_dir=None) -> Path:
         """The re-identification key (pseudonym → identifier) as TSV at ``path``, which may
