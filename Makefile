@@ -34,7 +34,7 @@ $(VENV)/.enformer: $(VENV)/.installed
 	$(PIP) install -q --no-deps $(ENFORMER)
 	touch $@
 
-.PHONY: demo test bench
+.PHONY: demo test bench browser
 demo: $(VENV)/.installed
 	$(VENV)/bin/bioviz demo
 
@@ -44,7 +44,17 @@ $(VENV)/.scgpt: $(VENV)/.installed
 	$(PIP) install -q --no-deps scgpt==0.2.4
 	touch $@
 
-test: $(VENV)/.installed $(VENV)/.enformer $(VENV)/.scgpt $(VENV_AB)/.installed
+# The report's browser tests open pages in Debian's headless Chromium and turn the PDF into
+# pictures with poppler's pdftoppm: installed here when missing and apt-get can (as root);
+# elsewhere those tests are skipped and say why.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v pdftoppm >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null; \
+		else echo "chromium/pdftoppm missing and apt-get unavailable: the browser tests will be skipped"; fi; \
+	fi
+
+test: $(VENV)/.installed $(VENV)/.enformer $(VENV)/.scgpt $(VENV_AB)/.installed browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
