@@ -10,6 +10,7 @@ Nothing is claimed that a table does not hold.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,14 +63,24 @@ class Sources:
         return scrub(t, self.pseudonyms, self.identifiers)
 
 
+_CELL_CHARS = 80  # longer cells are cut in the page (the full text is in data/)
+_COMMA = re.compile(r",(?=[^\s\d])")
+
+
 def _fmt_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Strings as a reader wants them: 3 significant digits, yes/no, readable column names,
+    long lists cut with an ellipsis."""
     out = df.copy()
     for c in out.columns:
         if pd.api.types.is_bool_dtype(out[c]):
             out[c] = out[c].map({True: "yes", False: "no"})
         elif pd.api.types.is_float_dtype(out[c]):
             out[c] = out[c].map(lambda v: num(v, digits))
-    return out.astype(object).where(out.notna(), "").astype(str)
+    out = out.astype(object).where(out.notna(), "").astype(str)
+    out = out.map(lambda v: _COMMA.sub(", ", v))  # lists wrap at their commas
+    out = out.map(lambda v: v if len(v) <= _CELL_CHARS else v[:_CELL_CHARS - 1].rstrip(",; ") + "…")
+    out.columns = [str(c).replace("_", " ") for c in out.columns]
+    return out
 
 
 # -- cohort ---------------------------------------------------------------------------------
@@ -267,18 +278,27 @@ def _evidence_tables(src: Sources, feature: str) -> list[Table]:
             ("motifs", "Motifs in the DNA where it fires, with their best JASPAR match", "q", 5),
             ("map_groups", "Where it sits in the scans (group-average maps)", None, 8),
             ("interventions", "What the model does without it (ablation)", None, 5)]
+    alpha = src.findings.manifest.get("settings", {}).get("alpha", 0.05)
     for name, title, order, n in spec:
         d = rows(name)
         if d is None or d.empty:
             continue
         d = d.drop(columns=["feature"])
+        note = ""
         if order and order in d:
             d = d.sort_values(order)
+            if name in ("enrichment", "de") and (d[order] >= alpha).all():
+                note = f"None at q < {alpha}; the best shown. "
+                d = d.head(1)
+            elif name in ("enrichment", "de"):
+                d = d[d[order] < alpha]
         d = d.drop(columns=[c for c in d.columns if str(c) in ("nifti", "montage", "montage_svg", "sources")
                             or str(c).endswith("_path")])
+        total = len(d)
         d = src.clean(d.head(n))
-        out.append(Table(title, _fmt_table(d.iloc[:, :9]), data=name,
-                         note=f"First {min(n, len(d))} rows; all columns in data/{name}.tsv."))
+        if total > len(d):
+            note += f"The first {len(d)} of {total} rows. "
+        out.append(Table(title, _fmt_table(d.iloc[:, :9]), data=f"interpretation_{name}", note=note.strip()))
     return out
 
 
@@ -372,13 +392,7 @@ def compose(src: Sources, *, title: str, objective: str, intended_use: str, lab:
     facts, cohort_tables, data = _cohort(src, shown)
     cand = _candidates(src, desc)
     pages = [_page(src, r, shown, desc) for _, r in f.candidates.iterrows()]
-    probes = None
-    if f.probes is not None and len(f.probes):
-        p = f.probes
-        keep = [c for c in ("label", "probe", "input", "level", "metric", "value", "ci_low", "ci_high", "n_features")
-                if c in p]
-        probes = Table("Probes: how well all features together predict each label", _fmt_table(p[keep]),
-                       data="probes", note="Cross-validated over subjects; 95% CIs by bootstrap.")
+    probes = _probes(f.probes)
     alpha = f.manifest.get("settings", {}).get("alpha", 0.05)
     n_feat, labels = f.subjects.n_vars, list(f.manifest.get("design", {}).get("labels", {}))
     if pages:
@@ -410,6 +424,22 @@ def compose(src: Sources, *, title: str, objective: str, intended_use: str, lab:
     data = {k: (src.clean(v) if k in ("candidates", "associations") else v) for k, v in data.items()
             if v is not None}
     return report, data
+
+
+def _probes(p: pd.DataFrame | None) -> Table | None:
+    """One row per label × probe, one column per metric: "value (low–high)"."""
+    if p is None or p.empty or not {"metric", "value"} <= set(p.columns):
+        return None
+    p = p.copy()
+    p["shown"] = [f"{num(v)} ({num(lo)}–{num(hi)})" if pd.notna(lo) else num(v)
+                  for v, lo, hi in zip(p["value"], p.get("ci_low", np.nan), p.get("ci_high", np.nan), strict=False)]
+    keys = [c for c in ("label", "probe", "input", "level", "n_features") if c in p]
+    wide = p.pivot_table(index=keys, columns="metric", values="shown", aggfunc="first", sort=False).reset_index()
+    wide.columns = [str(c).replace("_", " ") for c in wide.columns]
+    return Table("", wide.astype(str), data="probes",
+                 note="Cross-validated over subjects (value and 95% CI). 'SAE features' uses every feature; "
+                      "'top N' only the N best-ranked in the training folds; raw activations, when shown, "
+                      "are the layer itself before the dictionary.")
 
 
 def _subject_values(f: Findings, shown: pd.DataFrame) -> pd.DataFrame:

@@ -162,13 +162,14 @@ def methods(manifest: dict, interpretation) -> list[tuple[str, str]]:
 def probes_text(probes: pd.DataFrame | None) -> str:
     if probes is None or probes.empty or "metric" not in probes:
         return "No probe was run."
-    auc = probes[probes["metric"] == "auroc"]
-    if auc.empty:
-        auc = probes
+    main = probes[probes["metric"].isin(["auroc", "auroc_macro_ovr", "r2"])]
+    if main.empty:
+        main = probes
     parts = []
-    for r in auc.itertuples():
-        parts.append(f"{r.probe} on {r.input}" + (f" ({r.label})" if hasattr(r, "label") else "")
-                     + f": {r.metric} {num(r.value)} ({num(r.ci_low)} to {num(r.ci_high)})")
+    for r in main.itertuples():
+        what = "all SAE features" if r.probe == r.input else f"{r.probe}"
+        parts.append(f"{what}" + (f" for {r.label}" if hasattr(r, "label") else "")
+                     + f": {r.metric.replace('_', ' ')} {num(r.value)} ({num(r.ci_low)} to {num(r.ci_high)})")
     return ("A probe is a simple classifier trained on many features at once, cross-validated over subjects. "
             "It shows how much of the label the representation holds; the candidate table shows which single "
             "features carry it. " + "; ".join(parts) + ".")
