@@ -324,7 +324,7 @@ def _evidence_figures(src: Sources, feature: str) -> list[Figure]:
                 figs.append(_png(p, f"{r.kind} map, {r.label} = {r.label_value}",
                                  f"Mean map of {int(r.n_scans)} scans over the mean anatomy; mask outline where "
                                  "masks were given.", width_in=6.5))
-    for p in sorted(root.rglob(f"*{safe_name(feature)}*logo*.png"))[:2]:
+    for p in sorted(root.rglob(f"motif_logo_{safe_name(feature)}.png"))[:1]:  # the sequence adapter's logo
         figs.append(_png(p, "Motif", "The motif where the feature fires (top) and its best JASPAR match."))
     return figs
 
