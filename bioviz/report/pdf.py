@@ -17,6 +17,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import matplotlib
+from reportlab import rl_config
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
@@ -26,12 +27,14 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
+    BaseDocTemplate,
     CondPageBreak,
+    Frame,
     Image,
     KeepTogether,
     PageBreak,
+    PageTemplate,
     Paragraph,
-    SimpleDocTemplate,
     Spacer,
     TableStyle,
 )
@@ -51,6 +54,9 @@ MEASURE_ROWS = 300  # column widths come from the first rows; a 2k-row table nee
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _CHECKSUM = re.compile(r"[0-9a-fA-F]{16,}")
 _NOTHING = "(none)"
+FOOTER_SIZE = 7.5
+FOOTER_COLOR = colors.HexColor("#555555")
+_TOTAL = "bvPageCount"
 # a heading starts a new page when less than this is left below it: never a heading alone at the
 # foot of a page, yet a long table flows on from where it starts (keepWithNext would move the whole
 # table to the next page, leaving a blank half page)
@@ -105,61 +111,74 @@ def _text(value) -> str:
 class _Heading(Paragraph):
     """A heading that is also a bookmark in the PDF's outline (its own page position)."""
 
-    def __init__(self, text: str, style: ParagraphStyle, key: str, outline: str, level: int):
+    def __init__(self, text: str, style: ParagraphStyle, key: str, outline: str, level: int, running: str):
         super().__init__(_text(text), style)
-        self._key, self._outline, self._level = key, outline, level
+        self._key, self._outline, self._level, self._running = key, outline, level, running
 
     def draw(self):
         super().draw()
+        # the footer (drawn as the page ends) names the part this page belongs to, so a page that
+        # continues a candidate's figures says whose they are
+        self.canv.bv_running = self._running
         self.canv.bookmarkHorizontal(self._key, 0, self.height + self.style.fontSize)
         # the outline title is a PDF string, not markup: the plain text goes there as is
         self.canv.addOutlineEntry(_CONTROL.sub("", self._outline), self._key, level=self._level, closed=False)
 
 
-class _NumberedCanvas(Canvas):
-    """Draws "page N of M" once the page count is known: page states are kept until save()."""
+class _Canvas(Canvas):
+    """Writes the page count into the form each footer's "page N of" points at, once it is known.
 
-    footer_left = ""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._pages: list[dict] = []
-
-    def showPage(self):
-        self._pages.append(dict(self.__dict__))
-        self._startPage()
+    (Deferring whole pages until the count is known, the usual recipe, would point every
+    bookmark at page 1: a bookmark records the page being drawn when it is set.)"""
 
     def save(self):
-        total = len(self._pages)
-        for state in self._pages:
-            self.__dict__.update(state)
-            self.setFont(SANS, 7.5)
-            self.setFillColor(colors.HexColor("#555555"))
-            width = self._pagesize[0]
-            self.drawString(MARGIN, MARGIN - 10, self.footer_left)
-            self.drawRightString(width - MARGIN, MARGIN - 10, f"page {self._pageNumber} of {total}")
-            super().showPage()
+        self.beginForm(_TOTAL)
+        self.setFont(SANS, FOOTER_SIZE)
+        self.setFillColor(FOOTER_COLOR)
+        x, y = _total_at(self._pagesize[0])
+        self.drawString(x, y, str(self.getPageNumber() - 1))  # after the last showPage: pages + 1
+        self.endForm()
         super().save()
 
 
+def _total_at(page_width: float) -> tuple[float, float]:
+    """Where the page count goes: after "page N of " in a slot wide enough for 9999 of 9999."""
+    slot = page_width - MARGIN - pdfmetrics.stringWidth("page 9999 of 9999", SANS, FOOTER_SIZE)
+    return slot + pdfmetrics.stringWidth("page 9999 of ", SANS, FOOTER_SIZE), MARGIN - 10
+
+
+def _footer(canv: Canvas, left: str, width: float, page_width: float):
+    """Left: the candidate this page belongs to, else the report's title and date; right: page N of M."""
+    left = _CONTROL.sub("", getattr(canv, "bv_running", "") or left)
+    lines = simpleSplit(left, SANS, FOOTER_SIZE, width) if left.strip() else [""]
+    left = lines[0] + ("…" if len(lines) > 1 else "")
+    canv.saveState()
+    canv.setFont(SANS, FOOTER_SIZE)
+    canv.setFillColor(FOOTER_COLOR)
+    canv.drawString(MARGIN, MARGIN - 10, left)
+    x, y = _total_at(page_width)
+    canv.drawRightString(x, y, f"page {canv.getPageNumber()} of ")
+    canv.doForm(_TOTAL)
+    canv.restoreState()
+
+
 class _Writer:
-    def __init__(self, report: Report, frame_width: float, frame_height: float):
+    def __init__(self, report: Report, width: float, height: float):
         self.report = report
-        # the frame's own padding (6 pt each side) is not room for a table or a figure
-        self.width = frame_width - 12
-        self.height = frame_height - 12
+        self.width, self.height = width, height  # the frame's, which has no padding
         self.s = _styles()
         self.story: list = []
         self._keys = 0
 
     # -- building blocks ------------------------------------------------------------------------------
-    def heading(self, text: str, style="h1", *, outline: str | None = None, level: int = 0):
+    def heading(self, text: str, style="h1", *, outline: str | None = None, level: int = 0, running: str = ""):
         self.story.append(CondPageBreak(KEEP_BELOW))
         self._keys += 1
-        self.story.append(_Heading(text, self.s[style], f"b{self._keys}", outline or text, level))
+        self.story.append(_Heading(text, self.s[style], f"b{self._keys}", outline or text, level, running))
 
     def subheading(self, text: str):
-        self.story.append(CondPageBreak(KEEP_BELOW))
+        if not isinstance(self.story[-1], _Heading):  # a page break here would orphan that heading
+            self.story.append(CondPageBreak(KEEP_BELOW))
         self.para(text, "h2")
 
     def para(self, text: str, style="body"):
@@ -216,7 +235,9 @@ class _Writer:
         cells = ([[(c, self.s["head"]) for c in columns]] if not facts else []) + [
             [(v, self._style(v, facts and j == 0 and bool(rows), facts)) for j, v in enumerate(r)] for r in body]
         data = [[Paragraph(_text(text), st) for text, st in row] for row in cells]
-        table = RLTable(data, colWidths=self._widths(cells), repeatRows=0 if facts else 1,
+        # splitInRow: a cell taller than a page (a long note) continues on the next page instead
+        # of stopping the whole report with a LayoutError
+        table = RLTable(data, colWidths=self._widths(cells), repeatRows=0 if facts else 1, splitInRow=1,
                         hAlign="LEFT")
         style = [("VALIGN", (0, 0), (-1, -1), "TOP"),
                  ("LEFTPADDING", (0, 0), (-1, -1), CELL_PAD), ("RIGHTPADDING", (0, 0), (-1, -1), CELL_PAD),
@@ -239,7 +260,7 @@ class _Writer:
         if t.data:
             self.para(f"Full-precision values: data/ folder, table “{t.data}”.", "small")
 
-    def figure(self, f: Figure, max_width: float | None = None):
+    def figure(self, f: Figure, max_width: float | None = None, *, bare: bool = False):
         """The PNG at its print width (or the frame's, when narrower), keeping its aspect ratio,
         with its title and caption kept on the same page."""
         w_px, h_px = _png_size(f)
@@ -249,19 +270,19 @@ class _Writer:
         if height > room:
             width, height = width * room / height, room
         parts = []
-        if f.title:
+        if f.title and not bare:
             parts.append(Paragraph(_text(f.title), self.s["h2"]))
         image = Image(io.BytesIO(f.png), width=width, height=height)
         image.hAlign = "LEFT"
         parts.append(image)
-        parts.append(Paragraph(_text(f.caption), self.s["caption"]) if f.caption else Spacer(1, 8))
+        parts.append(Paragraph(_text(f.caption), self.s["caption"]) if f.caption and not bare else Spacer(1, 8))
         self.story.append(KeepTogether(parts))
 
     # -- the report, in the HTML's reading order ------------------------------------------------------
     def build(self) -> list:
         r = self.report
         if r.logo is not None:
-            self.figure(r.logo, max_width=min(2 * inch, self.width))
+            self.figure(r.logo, max_width=min(2 * inch, self.width), bare=True)  # a logo, not a figure
         self.heading(r.title, "title", outline="Title page")
         if r.lab:
             self.para(r.lab, "meta")
@@ -317,7 +338,8 @@ class _Writer:
 
     def candidate(self, p: CandidatePage, total: int):
         self.story.append(PageBreak())
-        self.heading(p.headline or f"Candidate {p.rank}", outline=f"{p.rank}. {p.feature} ({p.label})", level=1)
+        self.heading(p.headline or f"Candidate {p.rank}", outline=f"{p.rank}. {p.feature} ({p.label})", level=1,
+                     running=f"Candidate {p.rank}: {p.feature} ({p.label})")
         self.para(f"Candidate {p.rank} of {total} · feature {p.feature} · label {p.label}", "meta")
         if p.facts:
             self.grid(None, [[a, b] for a, b in p.facts])
@@ -379,6 +401,8 @@ def write_pdf(report: Report, path, *, pagesize=A4) -> Path:
     top = MARGIN + len(banner) * (BANNER_SIZE + 2) + 8  # the header's banner lines, then a rule
 
     def header(canv: Canvas, doc):
+        if doc.page == 1:
+            canv.showOutline()  # a viewer opens with the bookmarks shown
         canv.saveState()
         canv.setFont(BOLD, BANNER_SIZE)
         canv.setFillColor(colors.HexColor("#7a1b00"))
@@ -391,21 +415,24 @@ def write_pdf(report: Report, path, *, pagesize=A4) -> Path:
         canv.line(MARGIN, y + 4, page_w - MARGIN, y + 4)
         canv.restoreState()
 
-    doc = SimpleDocTemplate(str(path), pagesize=pagesize, leftMargin=MARGIN, rightMargin=MARGIN,
-                            topMargin=top, bottomMargin=MARGIN + 6, title=_CONTROL.sub("", report.title),
-                            author="", subject="", creator="", producer="", keywords=[], invariant=1,
-                            displayDocTitle=True, lang="en", initialFontName=SANS)
-    story = _Writer(report, doc.width, doc.height).build()
-
+    doc = BaseDocTemplate(str(path), pagesize=pagesize, leftMargin=MARGIN, rightMargin=MARGIN,
+                          topMargin=top + 6, bottomMargin=MARGIN + 10, title=_CONTROL.sub("", report.title),
+                          author="", subject="", creator="", producer="", keywords=[], invariant=1,
+                          displayDocTitle=True, lang="en", initialFontName=SANS)
     footer = f"{report.title} · generated {report.generated}"
-    footer = simpleSplit(_CONTROL.sub("", footer), SANS, 7.5, doc.width * 0.7)[0] if footer.strip() else ""
-
-    class _Canvas(_NumberedCanvas):
-        footer_left = footer
-
-    def first(canv, doc):
-        canv.showOutline()  # a viewer opens with the bookmarks shown
-        header(canv, doc)
-
-    doc.build(story, onFirstPage=first, onLaterPages=header, canvasmaker=_Canvas)
+    # the banner is drawn as a page begins, the footer as it ends: text is extracted (and read
+    # aloud) as banner, page, footer
+    # no frame padding: text, tables and figures line up with the header's rule
+    frame = Frame(doc.leftMargin, doc.bottomMargin, doc.width, doc.height, id="body",
+                  leftPadding=0, rightPadding=0, topPadding=0, bottomPadding=0)
+    doc.addPageTemplates([PageTemplate("page", [frame], onPage=header,
+                                       onPageEnd=lambda canv, doc: _footer(canv, footer, doc.width * 0.7, page_w))])
+    story = _Writer(report, doc.width, doc.height).build()
+    # plain Flate streams, not ASCII85 on top: a fifth smaller, and a checker that inflates the
+    # streams (deidentify's scan of the raw PDF) can read them
+    a85, rl_config.useA85 = rl_config.useA85, 0
+    try:
+        doc.build(story, canvasmaker=_Canvas)
+    finally:
+        rl_config.useA85 = a85
     return path
