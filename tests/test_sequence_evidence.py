@@ -380,3 +380,11 @@ def test_interpret_describes_the_motif_through_the_adapter(planted, tmp_path):
     out = tmp_path / "interpretation"
     assert pd.read_parquet(out / "motifs.parquet").query("rank == 1")["matrix_id"].iloc[0] == p.matrix_id
     assert (out / f"motif_logo_{p.feature}.svg").stat().st_size > 0
+    # and the report: the candidate's page shows the logo beside its JASPAR match, and the atlas
+    # finds the feature by the motif's ID
+    rep = bv.report(findings, features=p.ft, progress=False)
+    html = rep.html.read_text()
+    page = html[html.index(f"{p.feature} and carrier"):]
+    assert 'alt="Motif"' in page and p.matrix_id in page
+    assert p.matrix_id in rep.atlas.read_text() and rep.pdf.stat().st_size > 0
+    assert bv.report.__module__ == "bioviz.report.build"

@@ -346,3 +346,9 @@ def test_lesion_feature_maps_reach_dice_half_on_the_phantom_cohort(tmp_path):
     assert "refined map of label = 1 peaks at" in text and f"Dice {refined['dice']:.2f} with the masks" in text
     assert (tmp_path / "interpretation" / "map_groups.parquet").is_file()
     assert "interventions" in result.tables and "input_space" not in result.skipped
+    # the report shows the refined group map over anatomy and the agreement with the masks
+    rep = bv.report(findings, features=ft, progress=False)
+    html = rep.html.read_text()
+    page = html[html.index(f"{feature} and label"):]
+    assert 'alt="refined map, label = 1"' in page and "Where it sits in the scans" in page
+    assert f"{refined['dice']:.3g}" in page

@@ -285,6 +285,8 @@ def _evidence_tables(src: Sources, feature: str) -> list[Table]:
             continue
         d = d.drop(columns=["feature"])
         note = ""
+        if name == "interventions" and "role" in d:  # the candidate's own ablation, largest moves first
+            d = d[d["role"] == "target"].sort_values("mean_abs_change", ascending=False)
         if order and order in d:
             d = d.sort_values(order)
             if name in ("enrichment", "de") and (d[order] >= alpha).all():
@@ -298,8 +300,24 @@ def _evidence_tables(src: Sources, feature: str) -> list[Table]:
         d = src.clean(d.head(n))
         if total > len(d):
             note += f"The first {len(d)} of {total} rows. "
-        out.append(Table(title, _fmt_table(d.iloc[:, :9]), data=f"interpretation_{name}", note=note.strip()))
+        shown = [c for c in _SHOWN.get(name, ()) if c in d.columns] or list(d.columns[:8])
+        out.append(Table(title, _fmt_table(d[shown]), data=f"interpretation_{name}", note=note.strip()))
     return out
+
+
+#: the columns a reader needs, per evidence table (all of them are in data/)
+_SHOWN = {
+    "top_genes": ("rank", "gene", "n_tokens", "mean_activation", "fire_fraction", "specificity"),
+    "enrichment": ("set", "n_overlap", "n_set", "odds_ratio", "nes", "p", "q", "overlap_genes", "leading_edge"),
+    "de": ("gene", "logfoldchange", "log2fc", "score", "pval", "p", "q", "pval_adj"),
+    "cell_types": ("group", "mean", "mean_next_group", "specificity", "n_firing"),
+    "composition": ("column", "value", "n", "share"),
+    "motifs": ("rank", "consensus", "n_sites", "n_fired", "background_share", "discovery_q", "matrix_id", "name",
+               "q"),
+    "map_groups": ("kind", "label_value", "n_scans", "n_masks", "peak_x_mm", "peak_y_mm", "peak_z_mm", "region",
+                   "dice", "voxel_auroc", "pointing_hit", "peak_distance_mm"),
+    "interventions": ("output_name", "output", "mean_abs_change", "effect_ratio", "z", "p_empirical"),
+}
 
 
 def _evidence_figures(src: Sources, feature: str) -> list[Figure]:

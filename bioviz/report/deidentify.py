@@ -9,6 +9,7 @@ pseudonyms back is written only when asked, and never inside the report folder.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = ["Pseudonyms", "deidentify", "scrub", "find_identifiers", "AGE_CAP"]
 AGE_CAP = 89  # HIPAA Safe Harbor: ages over 89 are aggregated into one "90 or older"
 _TEXT_UNIQUE_SHARE = 0.5  # a text column whose values are mostly distinct and long is free text
 _TEXT_MIN_LENGTH = 20
+_DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]*")
 _SCANNED = (".html", ".htm", ".tsv", ".csv", ".json", ".svg", ".txt", ".md", ".xml")
 
 
@@ -180,8 +182,6 @@ def _id_pattern(values):
     """Identifiers as whole tokens: not inside a longer word or number. ``_``, ``-`` and ``:``
     separate tokens (``S01_c3`` is cell 3 of subject ``S01``); a ``.`` followed by a digit does
     not (``12`` is not found in ``0.12``)."""
-    import re
-
     vals = sorted({str(v) for v in values}, key=len, reverse=True)
     return re.compile(r"(?<![A-Za-z0-9.])(" + "|".join(map(re.escape, vals)) + r")(?![A-Za-z0-9]|\.\d)")
 
@@ -251,7 +251,8 @@ def find_identifiers(folder, values: Iterable, *, min_length: int = 3) -> pd.Dat
 def _text_of(path: Path) -> list[str] | None:
     suffix = path.suffix.lower()
     if suffix in _SCANNED:
-        return [path.read_text(errors="replace")]
+        # an inlined image's base64 is not text: "…/S319/…" in it is chance, not an identifier
+        return [_DATA_URI.sub("data:", path.read_text(errors="replace"))]
     if suffix == ".pdf":
         return _pdf_texts(path)
     if suffix == ".parquet":
@@ -260,28 +261,18 @@ def _text_of(path: Path) -> list[str] | None:
 
 
 def _pdf_texts(path: Path) -> list[str]:
-    """The PDF's text, read three ways: the raw bytes with every content stream inflated
-    (literal text, metadata), pypdf's extraction (embedded subset fonts map glyphs back to
-    text only through their ToUnicode tables), and pdftotext (poppler-utils) when installed."""
-    import re
+    """The PDF's text, read by pypdf (content streams, embedded fonts' ToUnicode tables, the
+    metadata) and by pdftotext (poppler-utils) when installed. The file's raw bytes are not
+    searched: its compressed images and fonts hold every short string somewhere by chance."""
     import shutil
     import subprocess
-    import zlib
 
     import pypdf
 
-    data = path.read_bytes()
-    parts = [data.decode("latin-1")]
-    for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
-        try:
-            parts.append(zlib.decompress(m.group(1)).decode("latin-1"))
-        except zlib.error:
-            continue
-    texts = ["\n".join(parts)]
     try:
         reader = pypdf.PdfReader(str(path))
-        texts.append("\n".join((page.extract_text() or "") for page in reader.pages)
-                     + "\n" + " ".join(str(v) for v in (reader.metadata or {}).values()))
+        texts = ["\n".join((page.extract_text() or "") for page in reader.pages)
+                 + "\n" + " ".join(str(v) for v in (reader.metadata or {}).values())]
     except Exception as err:  # an unreadable PDF is reported, not taken as clean
         raise InputError(f"{path}: could not read the PDF's text to check it ({err})") from err
     tool = shutil.which("pdftotext")
