@@ -189,10 +189,21 @@ def _encode(sae, store, layer, batch_size, progress, device, allow_mismatch) -> 
     return ft
 
 
+def h5ad_safe_obs(adata: ad.AnnData) -> ad.AnnData:
+    """Make ``adata.obs`` writable as .h5ad, in place: nullable float columns (pandas
+    ``Float64``, which a cohort table read with ``convert_dtypes`` has and anndata cannot
+    write) become float64, NA becoming NaN. Returns ``adata``."""
+    for c in adata.obs.columns:
+        if isinstance(adata.obs[c].dtype, (pd.Float64Dtype, pd.Float32Dtype)):
+            adata.obs[c] = adata.obs[c].astype("float64")
+    return adata
+
+
 def write_h5ad(adata: ad.AnnData, path) -> Path:
     """Write to ``path`` atomically: a crash never leaves a file that looks complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    h5ad_safe_obs(adata)
     tmp = path.with_name(path.name + ".tmp.h5ad")
     adata.write_h5ad(tmp)
     os.replace(tmp, path)

@@ -70,3 +70,23 @@ def test_fidelity_takes_the_recorded_layer_and_checks_the_model(setup):
         bv.fidelity(TorchAdapter(model), data, sae, "3", progress=False)
     with pytest.raises(ValueError, match="model weights"):
         bv.fidelity(TorchAdapter(_model(2)), data, sae, progress=False)
+
+
+def test_encode_writes_a_table_whose_row_metadata_has_nullable_floats(tmp_path):
+    """Volume cohorts read with convert_dtypes give obs columns of pandas Float64, which anndata
+    cannot write: encode(out=) writes them as float64 (NA as NaN) instead of failing."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from bioviz.features import write_h5ad
+
+    store = bv.extract(TorchAdapter(torch.nn.Sequential(torch.nn.Linear(4, 4))), [torch.randn(4) for _ in range(6)],
+                       "0", tmp_path / "store", progress=False)
+    ft = bv.encode(build_sae(SAEConfig(d_in=4, d_sae=8, k=2, seed=0)), store, layer="0", allow_mismatch=True,
+                   progress=False)
+    ft.obs["age"] = pd.array([61.5, None, 70.0, 55.0, 49.0, 80.5], dtype="Float64")
+    write_h5ad(ft, tmp_path / "features.h5ad")
+    age = ad.read_h5ad(tmp_path / "features.h5ad").obs["age"].to_numpy()
+    np.testing.assert_array_equal(np.isnan(age), [False, True, False, False, False, False])
+    assert age[0] == 61.5 and age[-1] == 80.5

@@ -186,14 +186,9 @@ def _jsonable(value):
 
 
 def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
-    """``adata`` with nullable float columns (pandas ``Float64``, which a cohort table read
-    with ``convert_dtypes`` has and anndata cannot write) as float64, NA as NaN."""
-    floats = [c for c in adata.obs.columns
-              if isinstance(adata.obs[c].dtype, (pd.Float64Dtype, pd.Float32Dtype))]
-    if not floats:
-        return adata
-    out = adata.copy()
-    for c in floats:
-        out.obs[c] = out.obs[c].astype("float64")
-    return out
+    """A copy of ``adata`` whose obs anndata can write (the caller's object is left alone)."""
+    from ..features import h5ad_safe_obs
 
+    if not any(isinstance(adata.obs[c].dtype, (pd.Float64Dtype, pd.Float32Dtype)) for c in adata.obs.columns):
+        return adata
+    return h5ad_safe_obs(adata.copy())

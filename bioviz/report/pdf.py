@@ -260,11 +260,24 @@ class _Writer:
         if t.data:
             self.para(f"Full-precision values: data/ folder, table “{t.data}”.", "small")
 
-    def figure(self, f: Figure, max_width: float | None = None, *, bare: bool = False):
-        """The PNG at its print width (or the frame's, when narrower), keeping its aspect ratio,
-        with its title and caption kept on the same page."""
+    def figures(self, figs: list[Figure]):
+        """Figures two to a row (half the frame each, as a printed paper sets them): a
+        candidate's distribution, genes and enrichment fit one page instead of three."""
+        half = (self.width - 12) / 2
+        for i in range(0, len(figs), 2):
+            pair = figs[i:i + 2]
+            if len(pair) == 1:
+                self.figure(pair[0], max_width=min(pair[0].width_in * inch, half * 1.25))
+                continue
+            cells = [self._figure_parts(f, half) for f in pair]
+            grid = RLTable([cells], colWidths=[half + 6, half + 6], hAlign="LEFT")
+            grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0),
+                                      ("RIGHTPADDING", (0, 0), (-1, -1), 6)]))
+            self.story.append(grid)
+
+    def _figure_parts(self, f: Figure, max_width: float, bare: bool = False) -> list:
         w_px, h_px = _png_size(f)
-        width = min(f.width_in * inch, max_width or self.width)
+        width = min(f.width_in * inch, max_width)
         height = width * h_px / w_px
         room = self.height - 1.2 * inch  # title and caption stay on the page with it
         if height > room:
@@ -276,7 +289,12 @@ class _Writer:
         image.hAlign = "LEFT"
         parts.append(image)
         parts.append(Paragraph(_text(f.caption), self.s["caption"]) if f.caption and not bare else Spacer(1, 8))
-        self.story.append(KeepTogether(parts))
+        return parts
+
+    def figure(self, f: Figure, max_width: float | None = None, *, bare: bool = False):
+        """The PNG at its print width (or the frame's, when narrower), keeping its aspect ratio,
+        with its title and caption kept on the same page."""
+        self.story.append(KeepTogether(self._figure_parts(f, max_width or self.width, bare)))
 
     # -- the report, in the HTML's reading order ------------------------------------------------------
     def build(self) -> list:
@@ -343,8 +361,7 @@ class _Writer:
         self.para(f"Candidate {p.rank} of {total} · feature {p.feature} · label {p.label}", "meta")
         if p.facts:
             self.grid(None, [[a, b] for a, b in p.facts])
-        for f in p.figures:
-            self.figure(f)
+        self.figures(p.figures)
         for t in p.tables:
             self.table(t)
         if p.caveats:
