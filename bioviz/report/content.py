@@ -29,6 +29,11 @@ class Figure:
     width_in: float = 6.0
 
     @property
+    def wide(self) -> bool:
+        """Set across the page's width (a montage of slices), never two to a row."""
+        return self.width_in >= 6.5
+
+    @property
     def data_uri(self) -> str:
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 

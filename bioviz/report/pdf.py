@@ -264,8 +264,22 @@ class _Writer:
         """Figures two to a row (half the frame each, as a printed paper sets them): a
         candidate's distribution, genes and enrichment fit one page instead of three."""
         half = (self.width - 12) / 2
-        for i in range(0, len(figs), 2):
-            pair = figs[i:i + 2]
+        rows, row = [], []
+        for f in figs:  # a wide figure (a montage of slices) takes a row of its own
+            if f.wide:
+                rows += [row] if row else []
+                rows.append([f])
+                row = []
+            else:
+                row.append(f)
+                if len(row) == 2:
+                    rows.append(row)
+                    row = []
+        rows += [row] if row else []
+        for pair in rows:
+            if len(pair) == 1 and pair[0].wide:
+                self.figure(pair[0])
+                continue
             if len(pair) == 1:
                 self.figure(pair[0], max_width=min(pair[0].width_in * inch, half * 1.25))
                 continue

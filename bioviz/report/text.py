@@ -107,6 +107,12 @@ def caveats(row, summary, interpretation, manifest: dict) -> list[str]:
         if iv is None or not len(iv) or not (iv["feature"].astype(str) == f).any():
             out.append("Whether the model uses this feature was not tested (no intervention): it is an "
                        "association inside the model, not a mechanism.")
+        elif "p_empirical" in iv:
+            own = iv[(iv["feature"].astype(str) == f) & iv["p_empirical"].notna()]
+            alpha = manifest.get("settings", {}).get("alpha", 0.05)
+            if len(own) and own["p_empirical"].min() >= alpha:
+                out.append(f"Removing it moves the model's output no more than removing random features of its "
+                           f"density (best p = {num(own['p_empirical'].min())}): the model may not rely on it.")
         maps = interpretation.tables.get("map_groups")
         if maps is not None and len(maps) and "dice" in maps:
             m = maps[(maps["feature"].astype(str) == f) & maps["dice"].notna()]
