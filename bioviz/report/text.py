@@ -152,7 +152,8 @@ def methods(manifest: dict, interpretation) -> list[tuple[str, str]]:
          f"95% intervals from {s['n_boot']} bootstrap resamples of subjects." if s.get("n_boot") else
          "95% intervals from the model's standard errors where it has them; no bootstrap was run."),
         ("Validation inside this cohort",
-         (manifest.get("split") or "No held-out split: discovery and measurement used the same subjects.")
+         (manifest.get("split") or "No held-out split: discovery and measurement used the same subjects.").rstrip(".")
+         + "."
          + (f" Stability: the share of {s['n_stability']} subject bootstraps in which the feature is selected again."
             if s.get("n_stability") else "")),
         ("Ranking", manifest.get("ranking_rule", "")),
