@@ -207,3 +207,18 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move the finished ``tmp`` (file or folder) to ``final``: whole or not at all. A previous
+    ``final`` is moved aside first and removed only once the new one is in place."""
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, final)

@@ -19,7 +19,7 @@ import anndata as ad
 import pandas as pd
 
 from ..errors import InputError
-from ..lock import ArtifactLock
+from ..lock import ArtifactLock, publish
 from .plots import write_figures
 
 KIND = "bioviz.findings"
@@ -112,13 +112,7 @@ class Findings:
                 manifest = {"kind": KIND, **self.manifest}
                 # the manifest last: its presence marks a complete directory
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_jsonable))
-                if path.exists():
-                    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                    os.replace(path, old)
-                    os.replace(tmp, path)
-                    shutil.rmtree(old)
-                else:
-                    os.replace(tmp, path)
+                publish(tmp, path)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

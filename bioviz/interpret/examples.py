@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, positive_int
 from ..features import open_feature_table
+from ..lock import publish
 
 __all__ = ["SINGLE_SUBJECT_SHARE", "ROW_COLUMNS", "top_examples", "feature_summary",
            "top_composition", "activation_histogram", "write_feature_evidence"]
@@ -440,17 +441,6 @@ def safe_name(name: str) -> str:
     return "_" + safe if safe.startswith(".") or not safe else safe
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``: whole or not at all; a previous ``final`` goes only after."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, final)
-
-
 def write_feature_evidence(ft, features, out_dir, *, n: int = 20, n_top: int = 50,
                            label: str | None = None, subject_key: str = "subject_id",
                            columns=None, overwrite: bool = False,
@@ -499,7 +489,7 @@ def write_feature_evidence(ft, features, out_dir, *, n: int = 20, n_top: int = 5
     summary = _summary(c, n_top, label, subject_key)
     tmp = out / f".feature_summary.tsv.tmp-{os.getpid()}"
     summary.to_csv(tmp, sep="\t", index=False)
-    _replace(tmp, out / "feature_summary.tsv")
+    publish(tmp, out / "feature_summary.tsv")
     for j, (f, d) in enumerate(tqdm(list(zip(c.features, dirs)), desc="feature evidence",
                                     disable=not progress)):
         tmp = out / f".{d.name}.tmp-{os.getpid()}"
@@ -512,7 +502,7 @@ def write_feature_evidence(ft, features, out_dir, *, n: int = 20, n_top: int = 5
             fig = _histogram(c, j, None, label)
             for ext in ("png", "svg"):
                 fig.savefig(tmp / f"histogram.{ext}", dpi=150)
-            _replace(tmp, d)
+            publish(tmp, d)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

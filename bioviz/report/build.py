@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..analysis import Findings
 from ..errors import InputError
 from ..interpret import Interpretation
+from ..lock import ArtifactLock, publish
 from ..version import __version__
 from .checks import references
 from .compose import Sources, compose
@@ -163,13 +164,9 @@ def report(findings: Findings | str | os.PathLike, out: str | os.PathLike | None
             "files": sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()),
             "checks": checks}, indent=1))
         bar.update()
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        with ArtifactLock(out, "report", folder=False):
+            _check_out(out, overwrite)  # what another process may have written meanwhile
+            publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
