@@ -13,6 +13,7 @@ interpret  :func:`bioviz.interpret.interpret` (writes ``interpretation/`` beside
 report     :func:`bioviz.report.report` (writes ``report/``: HTML, PDF, atlas, data/)
 info       :func:`bioviz.store.info.describe`
 demo       :func:`bioviz.demo.run`
+run        :func:`bioviz.run.run_study` (a whole study from one config, cached and resumable)
 =========  ==============================================================================
 
 A config is data, not code: every import path it gives (a ``class_path``, a callable, a type)
@@ -231,6 +232,11 @@ def build_parser() -> ArgumentParser:
     # listed for --help only: main hands `bioviz train ...` to LightningCLI (see train)
     train_help = f"{_TRAIN_HELP} Options: bioviz train --help"
     sub.add_subcommand("train", ArgumentParser(description=train_help, exit_on_error=False), help=train_help)
+    # listed for --help only: main hands `bioviz run ...` to bioviz.run.main
+    from .run import RUN_HELP
+
+    run_help = f"{RUN_HELP} Options: bioviz run --help"
+    sub.add_subcommand("run", ArgumentParser(description=run_help, exit_on_error=False), help=run_help)
     return parser
 
 
@@ -316,6 +322,10 @@ def _run(argv: list[str], trust: bool) -> int:
     if argv[:1] == ["train"]:
         train(argv[1:], trust=trust)
         return 0
+    if argv[:1] == ["run"]:  # a whole study: bioviz.run parses its own arguments and config
+        from .run import main as run_study_main
+
+        return run_study_main(argv[1:], trust=trust)
     parser = build_parser()
     with import_policy(trust):  # parsing and building: the config's import paths
         cfg = parser.parse_args(argv)
