@@ -1,126 +1,113 @@
-"""``bioviz demo``: the embedded default study, end to end on data and a model that ship
-with the package (no downloads).
+"""``bioviz demo``: three real studies, end to end, on data and models that ship with the
+package (no downloads), each with a planted truth the demo says it found or did not.
 
-Cohort: scanpy's ``pbmc68k_reduced`` (700 PBMCs) with counts recovered from its log values.
-Model: the small Geneformer-architecture BERT shipped in ``bioviz.adapters.singlecell`` (``demo_model/``).
-Path: extract a layer's gene-token activations → train a TopK SAE (Lightning) → encode the
-store into a FeatureTable → score the SAE spliced into the model → summarise which
-features mark which cell types.
+1. ``pbmc_ifn``: scanpy's pbmc68k PBMCs through the shipped Geneformer-architecture model; donors
+   formed from the cells and an interferon-response programme planted in the case donors'
+   monocytes (:class:`bioviz.adapters.singlecell.study.PlantedInterferonPBMC`).
+2. ``phantom_lesions``: the MNI152 phantom cohort with planted lesions, site effects and
+   covariates, through the shipped 3D network (:class:`bioviz.adapters.volume.study.PhantomLesions`).
+3. ``dna_motifs``: sequences with planted JASPAR motifs that set a label, through the shipped DNA
+   model (:class:`bioviz.adapters.sequence.study.PlantedMotifs`).
+
+Each study is a config in ``bioviz.studies`` (``experiments/studies/`` in a checkout) run by
+:func:`bioviz.run.run_study`: extract → train → encode → associate → interpret → report. The demo
+then asks each study's cohort whether the planted truth was recovered, from the study's own
+outputs, and writes ``index.html`` linking the three reports and atlases.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import importlib.resources
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+import yaml
 
-log = logging.getLogger(__name__)
+STUDIES = {
+    "pbmc_ifn": ("Single cell: interferon response in PBMCs",
+                 "Donors formed from scanpy's pbmc68k_reduced cells; an interferon-response programme planted "
+                 "in case donors' monocytes; shipped Geneformer-architecture model."),
+    "phantom_lesions": ("3D scans: lesions in the MNI152 phantom cohort",
+                        "Phantom brains from the MNI152 template with planted lesions, site effects and covariates; "
+                        "shipped 3D network; maps checked against the lesion masks."),
+    "dna_motifs": ("DNA: planted transcription-factor motifs",
+                   "Sequences in which a JASPAR motif's presence sets the label; shipped DNA model; the motif "
+                   "matched back to JASPAR."),
+}
 
 
-def run(out: str = "bioviz-demo", layer: str = "bert.encoder.layer.1", steps: int = 600,
-        expansion_factor: int = 8, k: int = 16, cells: int | None = None, progress: bool = True) -> dict:
-    """Run the embedded default study (pbmc68k + demo Geneformer) end to end into ``out``.
+def study_config(name: str) -> dict:
+    """The shipped config of a demo study (a dict, as read from its YAML)."""
+    if name not in STUDIES:
+        from .errors import InputError
+
+        raise InputError(f"studies: unknown demo study {name!r}; the demo studies are {', '.join(STUDIES)}")
+    return yaml.safe_load((importlib.resources.files("bioviz.studies") / f"{name}.yaml").read_text())
+
+
+def run(out: str = "bioviz-demo", studies: list[str] | None = None, progress: bool = True) -> dict:
+    """Run the demo studies into ``out`` and write ``out/index.html``.
 
     Parameters
     ----------
     out
-        Output folder (store, SAE, feature table, marker table, ``summary.json``).
-    layer
-        Layer of the demo model whose gene-token activations are extracted.
-    steps
-        SAE training steps.
-    expansion_factor
-        SAE width as a multiple of the layer's width.
-    k
-        Active SAE features per row (TopK).
-    cells
-        Use only the first this many cells (a quick look); all 700 when omitted.
+        The demo folder: one study folder per study, and ``index.html``.
+    studies
+        Which studies (default: all three): ``pbmc_ifn``, ``phantom_lesions``, ``dna_motifs``.
     progress
-        Show progress bars.
+        Progress bars per stage.
 
     Returns
     -------
     dict
-        The summary also written as ``summary.json``: sizes, FVU, KL recovered, dead
-        fraction, seconds and the output paths.
+        Per study: ``recovered``, the line printed, the study folder and seconds.
     """
-    import bioviz as bv
-    from bioviz.adapters.singlecell import demo_adapter, pbmc68k_counts
-    from bioviz.evaluate import fidelity
-    from bioviz.sae import fraction_of_variance_unexplained
+    from .run import run_study
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    adata = pbmc68k_counts()
-    if cells is not None:  # a quick look (and the test) on the first cells
-        adata = adata[:cells].copy()
-    _say(f"cohort: {adata.n_obs} cells × {adata.n_vars} genes (scanpy pbmc68k_reduced, counts recovered)")
-    with _no_hf_bars():
-        adapter = demo_adapter(rows="gene", obs_columns=["bulk_labels"])
-        fid_adapter = demo_adapter(rows="gene")
-    store = bv.extract(adapter, adata, layer, out_dir / "store", batch_size=32, dtype="float16",
-                       progress=progress)
-    _say(f"extracted: {store}")
-    sae, = bv.train(store.path, max_steps=steps, batch_size=2048, output_dir=str(out_dir / "sae"),
-                    sae={"k": k, "expansion_factor": expansion_factor}, optim={"lr": 2e-3},
-                    trainer={"enable_progress_bar": progress, "enable_model_summary": False,
-                             "log_every_n_steps": 50})
-    ft = bv.encode(sae, store, out=str(out_dir / "features.h5ad"), progress=progress)
-    _say(f"feature table: {ft.n_obs} gene-token rows × {ft.n_vars} features → {out_dir / 'features.h5ad'}")
-    fid = fidelity(fid_adapter, adata[:128], sae, layer, batch_size=32, progress=progress)
-    markers = _cell_type_markers(ft)
-    markers.to_csv(out_dir / "cell_type_features.tsv", sep="\t", index=False)
-    x = np.asarray(store.array()[: min(store.n_rows, 20000)], dtype=np.float32)
-    import torch
-
-    with torch.no_grad():
-        xt = torch.from_numpy(x)
-        fvu = float(fraction_of_variance_unexplained(xt, sae(xt).x_hat))
-    summary = {
-        "cells": int(adata.n_obs), "rows": int(store.n_rows), "layer": layer, "d_in": sae.d_in,
-        "features": sae.d_sae, "k": k, "fvu": fvu,
-        "dead_fraction": float((ft.var["density"] == 0).mean()),
-        "kl_recovered": float(fid["kl_recovered"]), "top1_agreement": float(fid["top1_agreement_sae"]),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "outputs": {"store": str(store.path), "sae": str(out_dir / "sae"),
-                    "features": str(out_dir / "features.h5ad"),
-                    "cell_type_features": str(out_dir / "cell_type_features.tsv")},
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    _say(f"SAE: FVU {fvu:.3f}, KL recovered {summary['kl_recovered']:.3f} (spliced into the model), "
-         f"dead {summary['dead_fraction']:.1%}")
-    _say("features most specific to each cell type (mean activation in type ÷ elsewhere):")
-    for row in markers.groupby("cell_type").head(1).itertuples():
-        _say(f"  {row.cell_type:<28} f{row.feature:<5} ×{row.specificity:.1f}  top genes: {row.top_genes}")
-    _say(f"done in {summary['seconds']} s; outputs in {out_dir}/")
-    return summary
+    results = {}
+    for name in studies or list(STUDIES):
+        cfg = study_config(name)
+        cfg["study"] = str(out_dir / name)
+        t = time.perf_counter()
+        _say(f"== {STUDIES[name][0]} ==")
+        with _no_hf_bars():
+            result = run_study(cfg, progress=progress)
+        recovered, line = result.get("check") or (False, f"{name}: the study's cohort gave no verdict")
+        _say(line)
+        results[name] = {"recovered": bool(recovered), "line": line, "study": cfg["study"],
+                         "seconds": round(time.perf_counter() - t, 1)}
+    seconds = round(time.perf_counter() - t0, 1)
+    _index(out_dir, results, seconds)
+    n = sum(r["recovered"] for r in results.values())
+    _say(f"{n} of {len(results)} planted truths recovered in {seconds} s; open {out_dir / 'index.html'}")
+    return results
 
 
-def _cell_type_markers(ft, per_type: int = 3) -> pd.DataFrame:
-    """A tidy table (cell_type, feature, specificity, top_genes): per cell type, the
-    features whose mean activation over that type's gene tokens most exceeds the rest."""
-    labels = ft.obs["bulk_labels"].astype(str).to_numpy()
-    genes = ft.obs["gene_symbol" if "gene_symbol" in ft.obs else "gene_id"].astype(str).to_numpy()
-    X = ft.X.tocsc()
-    rows = []
-    for cell_type in sorted(set(labels)):
-        inside = labels == cell_type
-        mean_in = np.asarray(X[inside].mean(0)).ravel()
-        mean_out = np.asarray(X[~inside].mean(0)).ravel()
-        spec = (mean_in + 1e-6) / (mean_out + 1e-6)
-        spec[mean_in < 1e-3] = 0
-        for f in np.argsort(-spec)[:per_type]:
-            col = X[:, f].toarray().ravel()
-            top = pd.Series(col[inside]).groupby(genes[inside]).mean().nlargest(3).index.tolist()
-            rows.append({"cell_type": cell_type, "feature": int(f), "specificity": float(spec[f]),
-                         "mean_in_type": float(mean_in[f]), "top_genes": ", ".join(top)})
-    return pd.DataFrame(rows)
+def _index(out_dir: Path, results: dict, seconds: float) -> Path:
+    import datetime
+
+    from .report.content import RUO
+    from .report.templates import environment
+    from .version import __version__
+
+    studies = []
+    for name, r in results.items():
+        rel = Path(name) / "report"
+        links = [(label, (rel / f).as_posix()) for label, f in
+                 (("Report (HTML)", "report.html"), ("Report (PDF)", "report.pdf"), ("Feature atlas", "atlas.html"),
+                  ("Tables (data/)", "data/index.tsv")) if (out_dir / rel / f).exists()]
+        studies.append({"title": STUDIES[name][0], "description": STUDIES[name][1], "line": r["line"],
+                        "recovered": r["recovered"], "links": links})
+    html = environment().get_template("index.html.j2").render(
+        title="bioviz demo: three studies with planted truths", banner=RUO, studies=studies, seconds=seconds,
+        generated=datetime.date.today().isoformat(), version=__version__)
+    path = out_dir / "index.html"
+    path.write_text(html, encoding="utf-8")
+    return path
 
 
 def _say(msg: str) -> None:
@@ -129,7 +116,7 @@ def _say(msg: str) -> None:
 
 @contextmanager
 def _no_hf_bars():
-    """transformers' own "Loading weights" bar off while the demo model loads from disk."""
+    """transformers' own "Loading weights" bar off while the demo models load from disk."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()

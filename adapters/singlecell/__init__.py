@@ -8,7 +8,8 @@ identifiers mapped onto a model's vocabulary), ``dicts`` (gene dictionaries from
 pickles unpickled restrictedly), ``geneformer`` (:class:`GeneformerAdapter`: rank-value
 encoding into a BERT), ``scgpt`` (:class:`ScGPTAdapter` and :class:`ScGPTModel`: value
 binning into scGPT's transformer), ``demo`` (the shipped demo model in ``demo_model/`` and
-its data).
+its data), ``study`` (the single-cell demo study's cohort: PBMC donors with a planted
+interferon response, and its check).
 """
 
 from .adapter import EXPRESSION, ROWS, SingleCellAdapter
@@ -18,9 +19,10 @@ from .geneformer import GeneformerAdapter, rank_value_encode
 from .genes import GeneMapping, map_genes
 from .scgpt import ScGPTAdapter, ScGPTModel, bin_values
 from .source import CellSource, Survey, survey
+from .study import PlantedInterferonPBMC
 
 __all__ = [
     "SingleCellAdapter", "GeneformerAdapter", "ScGPTAdapter", "ScGPTModel", "EXPRESSION", "ROWS",
     "demo_adapter", "pbmc68k_counts", "DEMO_DIR", "load_mapping", "convert_to_json", "GeneMapping",
-    "map_genes", "CellSource", "Survey", "survey", "rank_value_encode", "bin_values",
+    "map_genes", "CellSource", "Survey", "survey", "rank_value_encode", "bin_values", "PlantedInterferonPBMC",
 ]

@@ -9,7 +9,8 @@ layers), ``adapter`` (:class:`VolumeAdapter`), ``maps`` and ``montage`` (the rev
 localise: integrated gradients of the logit or of an SAE feature from a lesion-free baseline),
 ``evidence`` (per-feature maps, agreement, peaks, atlas regions and group means:
 ``VolumeAdapter.evidence``), ``phantom`` (a brain-MRI-like cohort with
-planted lesions, from the MNI152 template), ``demo`` (the shipped demo model in
+planted lesions, from the MNI152 template), ``study`` (that cohort as the 3D-scan demo study's
+builder and its check against the masks), ``demo`` (the shipped demo model in
 ``demo_model/``). Checkpoints load through :mod:`bioviz.adapters.weights`.
 """
 
@@ -31,11 +32,12 @@ from .networks import (
 from .phantom import make_brain_cohort
 from .preprocess import PRESETS, PreprocessError
 from .refine import attribution_map, feature_target, healthy_baseline, refined_to_nifti
+from .study import PhantomLesions
 
 __all__ = [
     "VolumeAdapter", "Cohort", "CohortError", "Scan", "ScanError", "load_scan", "map_agreement",
     "montage", "build_network", "hook_points", "load_weights", "read_bundle", "WeightsError",
     "WeightsReport", "PRESETS", "PreprocessError", "demo_adapter", "demo_bundle_path",
     "make_brain_cohort", "attribution_map", "healthy_baseline", "refined_to_nifti", "feature_target",
-    "Atlas", "read_atlas", "volume_evidence",
+    "Atlas", "read_atlas", "volume_evidence", "PhantomLesions",
 ]
