@@ -74,7 +74,7 @@ def run(out: str = "bioviz-demo", studies: list[str] | None = None, progress: bo
         cfg["study"] = str(out_dir / name)
         t = time.perf_counter()
         _say(f"== {STUDIES[name][0]} ==")
-        with _no_hf_bars():
+        with _no_hf_bars(), _one_thread():
             result = run_study(cfg, progress=progress)
         recovered, line = result.get("check") or (False, f"{name}: the study's cohort gave no verdict")
         _say(line)
@@ -112,6 +112,23 @@ def _index(out_dir: Path, results: dict, seconds: float) -> Path:
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
+
+
+@contextmanager
+def _one_thread():
+    """The demo's models are small: one thread each for torch and BLAS. Measured on 2 shared
+    cores, SAE training took 9-12x longer with torch's default threads (they contend more than
+    they share), and the three studies would not fit in 10 minutes."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(was)
 
 
 @contextmanager
