@@ -3,7 +3,7 @@ package (no downloads), each with a planted truth the demo says it found or did 
 
 1. ``pbmc_ifn``: scanpy's pbmc68k PBMCs through the shipped Geneformer-architecture model; donors
    formed from the cells and an interferon-response programme planted in the case donors'
-   monocytes (:class:`bioviz.adapters.singlecell.study.PlantedInterferonPBMC`).
+   myeloid cells (:class:`bioviz.adapters.singlecell.study.PlantedInterferonPBMC`).
 2. ``phantom_lesions``: the MNI152 phantom cohort with planted lesions, site effects and
    covariates, through the shipped 3D network (:class:`bioviz.adapters.volume.study.PhantomLesions`).
 3. ``dna_motifs``: sequences with planted JASPAR motifs that set a label, through the shipped DNA
@@ -26,8 +26,9 @@ import yaml
 
 STUDIES = {
     "pbmc_ifn": ("Single cell: interferon response in PBMCs",
-                 "Donors formed from scanpy's pbmc68k_reduced cells; an interferon-response programme planted "
-                 "in case donors' monocytes; shipped Geneformer-architecture model."),
+                 "Donors formed from scanpy's pbmc68k_reduced cells; a type I interferon-response programme "
+                 "(13 genes) planted in case donors' myeloid cells (CD14+ monocytes, dendritic); shipped "
+                 "Geneformer-architecture model."),
     "phantom_lesions": ("3D scans: lesions in the MNI152 phantom cohort",
                         "Phantom brains from the MNI152 template with planted lesions, site effects and covariates; "
                         "shipped 3D network; maps checked against the lesion masks."),
