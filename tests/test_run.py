@@ -139,7 +139,7 @@ def test_a_full_run_writes_every_artifact_and_finds_the_planted_marker(finished)
                  "findings/manifest.json", "interpretation/interpretation.json", "report/report.html"):
         assert (folder / path).is_file(), path
     record = json.loads((folder / "run.json").read_text())
-    assert all(record["stages"][s]["status"] == "done" and record["stages"][s]["seconds"] > 0 for s in STAGES)
+    assert all(record["stages"][s]["status"] == "done" and record["stages"][s]["seconds"] >= 0 for s in STAGES)
     # the summary is the Findings' own table
     cand = candidates(folder)
     assert [c["feature"] for c in summary["candidates"]] == list(cand["feature"][:5])

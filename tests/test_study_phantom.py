@@ -99,6 +99,11 @@ def assert_recovered(study: Path, cfg: dict, builder) -> None:
     ok, line = builder.check(study)
     print(line)
     assert ok and "recovered the planted lesions" in line and "NOT" not in line
+    # the clinician's report shows the recovered feature's refined group map over anatomy
+    feature = line.split(" — ")[1].split()[0]
+    html = (study / "report" / "report.html").read_text()
+    page = html[html.index(f"{feature} and diagnosis"):]
+    assert 'alt="refined map, diagnosis = lesion"' in page and "Where it sits in the scans" in page
 
     cohort = study / "cohort"
     truth = json.loads((cohort / "truth.json").read_text())
