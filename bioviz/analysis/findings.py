@@ -183,6 +183,4 @@ def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
     """A copy of ``adata`` whose obs anndata can write (the caller's object is left alone)."""
     from ..features import h5ad_safe_obs
 
-    if not any(isinstance(adata.obs[c].dtype, (pd.Float64Dtype, pd.Float32Dtype)) for c in adata.obs.columns):
-        return adata
-    return h5ad_safe_obs(adata.copy())
+    return h5ad_safe_obs(adata.copy())  # subjects × features: small

@@ -424,8 +424,6 @@ def compose(src: Sources, *, title: str, objective: str, intended_use: str, lab:
                    "model's features did not separate the groups more than chance allows."]
     skipped = list((src.interpretation.skipped if src.interpretation is not None else
                     {"interpretation": "no interpretation folder was given or found"}).items())
-    data.update({"candidates": f.candidates, "associations": f.table, "probes": f.probes,
-                 "model": None, "subjects": None})
     report = Report(
         title=title, generated=_dt.date.today().isoformat(), version=version, objective=objective,
         intended_use=intended_use, summary=summary, cohort=facts, cohort_tables=cohort_tables,
@@ -433,14 +431,12 @@ def compose(src: Sources, *, title: str, objective: str, intended_use: str, lab:
         probes=probes, probes_text=probes_text(f.probes), limitations=limitations(f.manifest, n_feat),
         validation=validation_needed(), deidentification=_deid_text(record, src), skipped=skipped,
         lab=lab, logo=logo)
-    data["model"] = report.model.frame
-    data["subjects"] = _subject_values(f, shown)
+    data.update({"candidates": src.clean(f.candidates), "associations": src.clean(f.table), "probes": f.probes,
+                 "model": report.model.frame, "subjects": _subject_values(f, shown)})
     if src.interpretation is not None:
         for name, t in src.interpretation.tables.items():
             data[f"interpretation_{name}"] = src.clean(t)
         data["interpretation_features"] = src.clean(src.interpretation.features)
-    data = {k: (src.clean(v) if k in ("candidates", "associations") else v) for k, v in data.items()
-            if v is not None}
     return report, data
 
 
