@@ -306,3 +306,15 @@ def lesion_feature(ft, subjects):
     y = subjects.loc[per.index, "label"].to_numpy() == 1
     auc = {f: mannwhitneyu(per.loc[y, f], per.loc[~y, f]).statistic / (y.sum() * (~y).sum()) for f in per}
     return max(auc, key=auc.get), max(auc.values())
+
+
+def test_maps_are_shared_out_among_the_label_levels():
+    """Hand-worked: the feature is highest in the three controls; four maps go two to each level
+    (each level's strongest first), so lesion scans are mapped and scored against their masks."""
+    from bioviz.adapters.volume.evidence import _pick
+
+    score = pd.Series({"c1": 9.0, "c2": 8.0, "c3": 7.0, "l1": 1.0, "l2": 3.0, "l3": 2.0})
+    labels = {"c1": "control", "c2": "control", "c3": "control", "l1": "lesion", "l2": "lesion", "l3": None}
+    assert _pick(score, labels, ["control", "lesion"], 4) == ["c1", "c2", "l2", "l1"]
+    assert _pick(score, labels, ["control", "lesion"], 7) == ["c1", "c2", "c3", "l2", "l3", "l1"]
+    assert _pick(score, None, None, 2) == ["c1", "c2"]

@@ -321,14 +321,17 @@ def _labels(obs, samples, subjects, label, reference, skipped):
 
 
 def _pick(score: pd.Series, labels, levels, n: int) -> list[str]:
-    """The top scan of each label level first, then the rest, by ``score``."""
+    """``n`` scans shared out among the label levels in turn, each level's highest ``score`` first,
+    then the rest by ``score``: a feature that is lower in cases still gets case scans mapped (and
+    scored against their masks), not only the controls where it is highest."""
     order = sorted(score.index, key=lambda s: (-score[s], s))
-    chosen = []
     of = {} if labels is None else {s: v for s, v in labels.items() if not pd.isna(v)}
-    for lv in levels or []:
-        first = next((s for s in order if s in of and of[s] == lv), None)
-        if first is not None and len(chosen) < n:
-            chosen.append(first)
+    queues = [[s for s in order if s in of and of[s] == lv] for lv in levels or []]
+    chosen: list[str] = []
+    while len(chosen) < n and any(queues):
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop(0))
     chosen += [s for s in order if s not in chosen][:n - len(chosen)]
     return sorted(chosen, key=lambda s: (-score[s], s))
 
