@@ -47,7 +47,7 @@ def study_config(name: str) -> dict:
     return yaml.safe_load((importlib.resources.files("bioviz.studies") / f"{name}.yaml").read_text())
 
 
-def run(out: str = "bioviz-demo", studies: list[str] | None = None, progress: bool = True) -> dict:
+def run(out: str = "bioviz-demo", studies: str | list[str] | None = None, progress: bool = True) -> dict:
     """Run the demo studies into ``out`` and write ``out/index.html``.
 
     Parameters
@@ -55,7 +55,8 @@ def run(out: str = "bioviz-demo", studies: list[str] | None = None, progress: bo
     out
         The demo folder: one study folder per study, and ``index.html``.
     studies
-        Which studies (default: all three): ``pbmc_ifn``, ``phantom_lesions``, ``dna_motifs``.
+        Which studies (default: all three): ``pbmc_ifn``, ``phantom_lesions``, ``dna_motifs``;
+        one name, several separated by commas, or a list.
     progress
         Progress bars per stage.
 
@@ -70,8 +71,10 @@ def run(out: str = "bioviz-demo", studies: list[str] | None = None, progress: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = {}
-    for name in studies or list(STUDIES):
-        cfg = study_config(name)
+    if isinstance(studies, str):  # the command line: --studies dna_motifs or --studies pbmc_ifn,dna_motifs
+        studies = [s.strip() for s in studies.split(",") if s.strip()]
+    configs = {name: study_config(name) for name in studies or list(STUDIES)}  # a wrong name: before any work
+    for name, cfg in configs.items():
         cfg["study"] = str(out_dir / name)
         t = time.perf_counter()
         _say(f"== {STUDIES[name][0]} ==")

@@ -25,3 +25,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_COMMAND = "bioviz demo --studies dna_motifs"  # README, "A whole study from one config"
+
+
+@pytest.fixture(scope="session")
+def dna_demo(tmp_path_factory):
+    """README's first study command, run once as a user runs it: the installed ``bioviz`` script
+    in a fresh folder that has the repository's ``experiments/`` beside it (as the repository
+    root has). tests/test_demo.py checks what it prints and writes; tests/test_readme.py goes on
+    from it with the README's next commands; tests/test_study_dna.py checks the CTCF study in it."""
+    import os
+    import shlex
+    import subprocess
+    from types import SimpleNamespace
+
+    cwd = tmp_path_factory.mktemp("readme")
+    (cwd / "experiments").symlink_to(ROOT / "experiments")
+    script = Path(sys.executable).with_name("bioviz")
+    argv = shlex.split(DEMO_COMMAND)
+    argv = [str(script), *argv[1:]] if script.is_file() else [sys.executable, "-m", "bioviz.cli", *argv[1:]]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    out = cwd / "bioviz-demo"
+    return SimpleNamespace(cwd=cwd, out=out, study=out / "dna_motifs", command=DEMO_COMMAND,
+                           stdout=done.stdout, stderr=done.stderr, returncode=done.returncode)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bioviz.cli import main
-from bioviz.demo import STUDIES, study_config
+from bioviz.demo import STUDIES, run, study_config
 from bioviz.report import RUO
 
 
@@ -32,12 +31,13 @@ def test_every_demo_study_ships_a_config_with_a_cohort_that_checks_itself():
 
 
 @pytest.mark.slow
-def test_demo_runs_a_study_says_it_recovered_the_truth_and_links_its_report(tmp_path, capfd):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--studies", "[dna_motifs]", "--progress", "false"]) == 0
-    printed = [line for line in capfd.readouterr().out.splitlines() if line.strip()]
+def test_demo_runs_a_study_says_it_recovered_the_truth_and_links_its_report(dna_demo):
+    assert dna_demo.returncode == 0, dna_demo.stderr[-3000:]
+    out = dna_demo.out
+    printed = [line for line in dna_demo.stdout.splitlines() if line.strip()]
     verdicts = [line for line in printed if "recovered" in line and not line.startswith(("1 of", "0 of"))]
     assert len(verdicts) == 1 and "not recovered" not in verdicts[0].lower(), printed
+    assert verdicts[0].startswith("DNA: the planted CTCF motif (MA0139.2) recovered — ")
     assert printed[-1].startswith("1 of 1 planted truths recovered")
     index = out / "index.html"
     html = index.read_text()
@@ -48,3 +48,9 @@ def test_demo_runs_a_study_says_it_recovered_the_truth_and_links_its_report(tmp_
         links.hrefs)
     assert all((out / h).is_file() for h in links.hrefs)  # every link leads to a file of the demo
     assert not [h for h in links.hrefs if "://" in h or Path(h).is_absolute()]
+
+
+def test_studies_are_named_on_the_command_line_as_one_name_or_a_comma_list(tmp_path):
+    with pytest.raises(Exception, match="unknown demo study 'nope'"):
+        run(out=str(tmp_path), studies="dna_motifs,nope", progress=False)
+    assert not (tmp_path / "dna_motifs").exists()  # checked before any study runs

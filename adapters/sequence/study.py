@@ -146,8 +146,9 @@ class PlantedMotifs:
     def build(self, folder) -> dict:
         """Write ``sequences.tsv`` (``seq_id, subject_id, sample_id, chrom, start, end, strand,
         sequence``: what :class:`SequenceAdapter` reads), ``clinical.csv`` (``subject_id,
-        carrier, age, sex``) and ``truth.json`` into ``folder``; return the truth."""
+        carrier, age, sex``) and ``truth.json`` into ``folder`` (made if missing); return the truth."""
         folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(self.seed)
         ids = [self.motif, *self.distractors]
         named = [jaspar_pfm(m) for m in ids]

@@ -100,13 +100,12 @@ class PlantedInterferonPBMC:
     # -- the cohort ------------------------------------------------------------------------
 
     def build(self, folder) -> dict:
-        """Write ``cells.h5ad``, ``clinical.csv`` and ``truth.json`` into ``folder`` (which
-        must exist); return the truth."""
+        """Write ``cells.h5ad``, ``clinical.csv`` and ``truth.json`` into ``folder`` (made if
+        missing); return the truth."""
         from .demo import pbmc68k_counts
 
         folder = Path(folder)
-        if not folder.is_dir():
-            raise InputError(f"cohort folder {folder} does not exist; the caller creates it")
+        folder.mkdir(parents=True, exist_ok=True)
         adata = pbmc68k_counts()
         types = adata.obs["bulk_labels"].astype(str).to_numpy()
         unknown = sorted(set(self.cell_types) - set(types))
