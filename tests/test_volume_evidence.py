@@ -318,3 +318,10 @@ def test_maps_are_shared_out_among_the_label_levels():
     assert _pick(score, labels, ["control", "lesion"], 4) == ["c1", "c2", "l2", "l1"]
     assert _pick(score, labels, ["control", "lesion"], 7) == ["c1", "c2", "c3", "l2", "l3", "l1"]
     assert _pick(score, None, None, 2) == ["c1", "c2"]
+
+
+def test_maps_none_maps_every_scan_and_bad_counts_are_named(small):
+    tables, _ = volume_evidence(small.adapter, small.ft, ["f2"], data=small.manifest, n_maps=None, progress=False)
+    assert sorted(tables["maps"]["sample_id"]) == sorted(set(small.ft.obs["sample_id"].astype(str)))
+    with pytest.raises(InputError, match="maps"):
+        VolumeAdapter(network=SEGRESNET, preprocess=PRE, maps=0)

@@ -38,7 +38,7 @@ from torch import nn
 
 from bioviz.adapter import Adapter, Batch, Run
 from bioviz.checksum import digest, file_checksum
-from bioviz.errors import InputError
+from bioviz.errors import InputError, positive_int
 from bioviz.hooks import hooked, resolve_layers
 
 from .cohort import Cohort
@@ -88,7 +88,7 @@ class VolumeAdapter(Adapter):
                  on_bad_scan: str = "skip", strip_prefixes: tuple[str, ...] = STRIP_PREFIXES,
                  allow_missing: tuple[str, ...] = (), allow_unexpected: tuple[str, ...] = (),
                  allow_outside: bool = False, image_col: str = "image", mask_col: str = "mask",
-                 model_name: str | None = None, atlas=None):
+                 model_name: str | None = None, atlas=None, maps: int | None = 6):
         """
         Parameters
         ----------
@@ -140,6 +140,10 @@ class VolumeAdapter(Adapter):
             A labelled atlas in the scans' template space for the region at each map's peak in
             :meth:`evidence`: ``(label NIfTI, names CSV/TSV)`` or an ``evidence.Atlas``. It
             changes no activation, so it is not part of :meth:`config`.
+        maps : int or None
+            Scans mapped per feature in :meth:`evidence`, shared out among the label levels;
+            None maps every scan (each refined map costs one integrated-gradients pass). Not
+            part of :meth:`config` either.
         """
         if layout not in LAYOUTS:
             raise InputError(f"layout={layout!r}: expected one of {LAYOUTS}")
@@ -162,6 +166,7 @@ class VolumeAdapter(Adapter):
                                                allow_missing=allow_missing, allow_unexpected=allow_unexpected)
             log.info("%s", self.weights_report)
         self.model_name = model_name
+        self.maps = None if maps is None else positive_int(maps, "maps")
         self.preprocess = chain_spec(preprocess)
         self.chain = build_chain(self.preprocess)
         roi_size = roi_size if roi_size is not None else inferer.get("roi_size")
@@ -424,7 +429,8 @@ class VolumeAdapter(Adapter):
         from .evidence import volume_evidence
 
         return volume_evidence(self, table, features, data=data, sae=sae, subjects=subjects, label=label,
-                               reference=reference, out=out, atlas=self.atlas, progress=progress)
+                               reference=reference, out=out, atlas=self.atlas, n_maps=self.maps,
+                               progress=progress)
 
     def to_nifti(self, values, obs: pd.DataFrame, sample_id: str, *, data=None, interpolation: str = "linear"):
         """Per-row ``values`` of one scan's rows (``obs`` may hold other scans' rows too) as a

@@ -163,7 +163,7 @@ def _bbox(shape, affine):
 
 
 def volume_evidence(adapter, table, features, *, data=None, sae=None, subjects: pd.DataFrame | None = None,
-                    label: str | None = None, reference=None, out=None, atlas=None, n_maps: int = 6, n_steps: int = 16,
+                    label: str | None = None, reference=None, out=None, atlas=None, n_maps: int | None = 6, n_steps: int = 16,
                     sigma_vox: float = 1.5, signed: bool = False, n_baseline: int = 32,
                     figures: tuple[str, ...] = ("png", "svg"),
                     progress: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
@@ -197,9 +197,10 @@ def volume_evidence(adapter, table, features, *, data=None, sae=None, subjects: 
         Folder for files (``maps/<feature>/...``); None writes nothing.
     atlas : optional
         A labelled atlas for the region at each peak (:func:`read_atlas`).
-    n_maps : int
-        Scans mapped per feature: the top scan of each label level, then the next, by the
-        feature's mean activation over the scan's rows.
+    n_maps : int or None
+        Scans mapped per feature, shared out among the label levels in turn (in each level the
+        scans where the feature's mean activation is highest first), then the rest by that
+        mean; None maps every scan.
     n_steps, sigma_vox, signed
         Integrated-gradient steps, smoothing in voxels of the model grid, and whether to keep
         the attribution's sign (see :func:`~bioviz.adapters.volume.attribution_map`). 16 steps
@@ -219,7 +220,8 @@ def volume_evidence(adapter, table, features, *, data=None, sae=None, subjects: 
         What could not be gathered and why: ``raw_maps``, ``refined_maps``,
         ``map_agreement``, ``map_region``, ``map_groups``, ``maps:<sample>``.
     """
-    n_maps, n_steps = positive_int(n_maps, "n_maps"), positive_int(n_steps, "n_steps")
+    n_maps = None if n_maps is None else positive_int(n_maps, "n_maps")
+    n_steps = positive_int(n_steps, "n_steps")
     n_baseline = positive_int(n_baseline, "n_baseline")
     bad = [f for f in figures if f not in ("png", "svg")]
     if bad:
@@ -265,7 +267,7 @@ def volume_evidence(adapter, table, features, *, data=None, sae=None, subjects: 
         codes = cols.X[:, j].toarray().ravel()
         act = pd.DataFrame({"mean": [float(codes[i].mean()) for i in by_sample.values()],
                             "max": [float(codes[i].max()) for i in by_sample.values()]}, index=list(by_sample))
-        picked = _pick(act["mean"], labels, levels, n_maps)
+        picked = _pick(act["mean"], labels, levels, len(act) if n_maps is None else n_maps)
         ctx = _FeatureMaps(adapter, cohort, feature, label, atlas, out, figures, skipped)
         for sid in tqdm(picked, desc=f"{feature} maps", leave=False, disable=not progress):
             ctx.scan(sid, labels, act.loc[sid], None if pooled else (codes, obs, by_sample[sid]), refiner)
