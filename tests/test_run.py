@@ -212,6 +212,10 @@ BAD = [  # (change to the tiny config, the key the message must name)
     (lambda c: c["adapter"].update(class_path="bioviz.adapters.datasets.ArrayDataset"), "adapter.class_path"),
     (lambda c: c["cohort"]["init_args"].update(n_subjects="many"), "n_subjects"),
     (lambda c: c["data"]["init_args"].update(arrayz="x.npz"), "arrayz"),
+    (lambda c: c["train"].update(trainer={"logger": {"class_path": "lightning.pytorch.loggers.NoSuchLogger"}}),
+     "train.trainer.logger"),
+    (lambda c: c["train"].update(trainer={"callbacks": [{"class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                                                          "init_args": {"monitr": "x"}}]}), "train.trainer.callbacks[0]"),
 ]
 
 
@@ -318,6 +322,20 @@ def test_the_same_study_in_python_gives_the_same_candidates(finished, tmp_path):
                             progress=False)
     assert len(findings.candidates) > 0
     assert_same_candidates(findings.candidates, candidates(finished["folder"]))
+
+
+def test_the_trainer_takes_a_logger_as_class_path_and_init_args(finished, tmp_path):
+    folder, cfg = copy_study(finished, tmp_path)
+    logs = tmp_path / "logs"
+    cfg["train"]["trainer"] = {"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                          "init_args": {"save_dir": str(logs), "name": "tiny"}}}
+    summary = run_study(cfg, progress=False, trust=True)
+    assert summary["stages"]["train"]["status"] == "ran"
+    # Lightning's CSVLogger wrote the training log on the step Lightning logs (the 50th of 80), though
+    # an epoch of this store is 3 batches (bioviz's own every-50th-step rule once missed it: no file)
+    metrics = pd.read_csv(next(logs.rglob("metrics.csv")))
+    assert set(metrics.dropna(subset=["topk/fvu"])["step"]) == {49}
+    assert load_config(cfg, trust=True).config["train"]["trainer"]["logger"]["init_args"]["name"] == "tiny"
 
 
 def test_training_is_reproducible_from_its_seed(finished, tmp_path):

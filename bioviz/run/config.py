@@ -6,8 +6,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ class Study:
     adapter: _Built
     build_data: Callable[[], Any]
     trust: bool = False
+    # train.trainer's objects given as class_path/init_args (logger, callbacks, ...): built by the train stage
+    trainer_objects: dict[str, _Built | list[_Built]] = field(default_factory=dict)
 
     def section(self, name: str) -> dict:
         return dict(self.config.get(name) or {})
@@ -70,6 +73,7 @@ def _class_section(key: str, section: dict, *, base: type | None, need: str | No
     from jsonargparse._util import import_object
 
     path, init = section["class_path"], section.get("init_args") or {}
+    nest = re.sub(r"\W", "_", key)  # the parser's own key: one plain name (train.trainer.callbacks[0] is nested)
     if not isinstance(init, dict):
         raise ConfigError(f"{key}.init_args: expected a mapping, got {init!r}")
     try:
@@ -83,10 +87,10 @@ def _class_section(key: str, section: dict, *, base: type | None, need: str | No
             raise ConfigError(f"{key}.class_path: {path} is not an {base.__name__} subclass (nor a function returning one)")
         if need and not callable(getattr(target, need, None)):
             raise ConfigError(f"{key}.class_path: {path} has no {need}() method")
-        p.add_class_arguments(target, nested_key=key, fail_untyped=False)
+        p.add_class_arguments(target, nested_key=nest, fail_untyped=False)
     elif callable(target):
-        p.add_function_arguments(target, nested_key=key, fail_untyped=False)
-        known = {a.dest.split(".", 1)[1] for a in p._actions if a.dest.startswith(f"{key}.")}
+        p.add_function_arguments(target, nested_key=nest, fail_untyped=False)
+        known = {a.dest.split(".", 1)[1] for a in p._actions if a.dest.startswith(f"{nest}.")}
         takes_any = any(q.kind is q.VAR_KEYWORD for q in inspect.signature(target).parameters.values())
         extra = {k: v for k, v in init.items() if k not in known}
         if extra and not takes_any:
@@ -95,14 +99,14 @@ def _class_section(key: str, section: dict, *, base: type | None, need: str | No
     else:
         raise ConfigError(f"{key}.class_path: {path} is neither a class nor a function")
     try:
-        parsed = p.parse_object({key: init})
+        parsed = p.parse_object({nest: init})
     except Exception as e:  # jsonargparse's ArgumentError names the argument (as key.argument)
-        raise ConfigError(f"{key}.init_args of {path}: {e}") from None
+        raise ConfigError(f"{key}.init_args of {path}: {str(e).replace(nest, key)}") from None
     dumped = yaml.safe_load(p.dump(parsed, skip_unset=False)) or {}
-    resolved = {"class_path": path, "init_args": {**(dumped.get(key) or {}), **extra}}
+    resolved = {"class_path": path, "init_args": {**(dumped.get(nest) or {}), **extra}}
 
     def build():
-        built = p.instantiate(parsed).get(key)
+        built = p.instantiate(parsed).get(nest)
         if not inspect.isclass(target):  # a function: its typed arguments built, the rest as given
             kwargs = {k: built[k] for k in built.keys(branches=True)} if built is not None else {}
             built = target(**kwargs, **extra)
@@ -152,6 +156,7 @@ def load_config(config: str | os.PathLike | dict, *, trust: bool = False) -> Stu
             adapter = _class_section("adapter", raw["adapter"], base=Adapter, need=None)
             cohort = (_class_section("cohort", raw["cohort"], base=None, need="build")
                       if raw.get("cohort") else None)
+            trainer_objects = _trainer_objects((raw.get("train") or {}).get("trainer"))
         except ConfigError as e:
             raise ConfigError(_policy_hint(str(e))) from None
         data_parser = ArgumentParser(exit_on_error=False)
@@ -160,6 +165,8 @@ def load_config(config: str | os.PathLike | dict, *, trust: bool = False) -> Stu
     resolved = yaml.safe_load(parser.dump(cfg, skip_unset=False))
     resolved["adapter"] = adapter.resolved
     resolved["cohort"] = cohort.resolved if cohort else None
+    for k, built in trainer_objects.items():
+        resolved["train"]["trainer"][k] = [b.resolved for b in built] if isinstance(built, list) else built.resolved
     try:
         OptimConfig.coerce(resolved["train"].get("optim"), "train.optim").validate()
     except ValueError as e:
@@ -172,7 +179,24 @@ def load_config(config: str | os.PathLike | dict, *, trust: bool = False) -> Stu
             return _instantiate(lambda: data_parser.instantiate(data_cfg)).data
 
     return Study(folder=Path(resolved["study"]).absolute(), seed=int(resolved["seed"]), config=resolved,
-                 cohort=cohort, adapter=adapter, build_data=build_data, trust=trust)
+                 cohort=cohort, adapter=adapter, build_data=build_data, trust=trust,
+                 trainer_objects=trainer_objects)
+
+
+def _trainer_objects(trainer) -> dict[str, _Built | list[_Built]]:
+    """The Lightning Trainer arguments given as ``class_path``/``init_args`` (a logger, callbacks,
+    a profiler, as in LightningCLI), checked now against their signatures and the allow-list."""
+    if trainer is None:
+        return {}
+    if not isinstance(trainer, dict):
+        raise ConfigError(f"train.trainer: expected a mapping of Lightning Trainer arguments, got {trainer!r}")
+    out: dict[str, _Built | list[_Built]] = {}
+    for k, v in trainer.items():
+        if isinstance(v, dict) and "class_path" in v:
+            out[k] = _class_section(f"train.trainer.{k}", v, base=None, need=None)
+        elif isinstance(v, list) and any(isinstance(x, dict) and "class_path" in x for x in v):
+            out[k] = [_class_section(f"train.trainer.{k}[{i}]", x, base=None, need=None) for i, x in enumerate(v)]
+    return out
 
 
 def _policy_hint(message: str) -> str:

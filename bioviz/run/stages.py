@@ -75,6 +75,9 @@ class _Stages:
         shutil.rmtree(self.path("train"), ignore_errors=True)  # from step 0, always
         kw = self.study.section("train")
         trainer = {"enable_progress_bar": self.progress, **(kw.pop("trainer") or {})}
+        with import_policy(self.study.trust):  # a logger or callbacks the config gives as class_path/init_args
+            for k, built in self.study.trainer_objects.items():
+                trainer[k] = _instantiate(lambda b=built: [x.build() for x in b] if isinstance(b, list) else b.build())
         saes = train(str(self.path("extract")), self.study.config["layer"], sae=self.study.section("sae"),
                      output_dir=str(self.path("train")), seed=self.study.seed, trainer=trainer, **kw)
         # the folders bioviz.train wrote, in its order (a sweep's first SAE is the one encoded)

@@ -295,7 +295,10 @@ class SAEModule(L.LightningModule):
                 "nonfinite='drop' or fix the layer"
             )
         ramp = self.sparsity_scale()
-        log_now = self.global_step % max(1, self.trainer.log_every_n_steps) == 0
+        # the metrics cost a pass over the codes: computed only on the steps Lightning writes to its
+        # loggers (its rule, checked after this step: batches stepped + 1, a multiple of
+        # log_every_n_steps); a rule of our own missed them on stores of a few batches per epoch
+        log_now = self.trainer._logger_connector.should_update_logs
         total = x.new_zeros(())
         for name, sae in zip(self.names, self.saes):
             out = sae(x)
