@@ -213,6 +213,33 @@ def test_sae_over_its_recorded_store_matches_dense_codes(sae_store, monkeypatch)
     np.testing.assert_array_equal(out.varm["decoder"], sae.W_dec.detach().numpy())
 
 
+@pytest.mark.parametrize("threshold", [0.5, -0.5])
+def test_sparse_rows_are_aggregated_sparse_and_match_pandas(sae_store, tmp_path, threshold):
+    """Without the quantile a sparse FeatureTable (and an SAE's codes) stays sparse block by
+    block: the same numbers as pandas on the dense rows, with negative codes, stored zeros,
+    interleaved subjects, several blocks, and a negative threshold (where the zeros a sparse
+    row does not store fire too)."""
+    ft, subj = _table(n=3000, d=12, n_subj=9)
+    X = ft.X.copy()
+    X.data[::5] *= -1
+    X.data[::7] = 0.0  # stored zeros
+    ft.X = X
+    ft.write_h5ad(tmp_path / "ft.h5ad")
+    ref = _reference(X.toarray(), subj, threshold=threshold)
+    stats = ("mean", "max", "frac")
+    for source, budget in ((ft, 2.0), (tmp_path / "ft.h5ad", 1e-4)):  # 1e-4 GiB: ~560 rows a block
+        out = aggregate(source, stats=stats, threshold=threshold, max_memory_gb=budget, progress=False)
+        for stat in stats:
+            np.testing.assert_allclose(out.layers[stat], ref[stat].to_numpy(), rtol=1e-12, atol=0)
+    sae, _, rows, subj = sae_store
+    out = aggregate(sae=sae, stats=stats, threshold=threshold, max_memory_gb=1e-4, batch_size=50,
+                    device="cpu", progress=False)
+    with torch.no_grad():
+        ref = _reference(sae.encode(torch.from_numpy(rows)).numpy(), subj, threshold=threshold)
+    for stat in stats:
+        np.testing.assert_allclose(out.layers[stat], ref[stat].to_numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_sae_refuses_another_layer_unless_allowed(sae_store, tmp_path):
     sae, store, _, _ = sae_store
     sae.cfg.provenance["layer"] = "other"

@@ -14,6 +14,8 @@ from bioviz.adapters import TorchAdapter
 
 N_SUBJECTS, PER_SUBJECT, D = 32, 12, 8
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # a 16-unit model and small SAEs (conftest.py)
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):

@@ -1,6 +1,5 @@
 import errno
 import json
-import os
 import random
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fixtures_shared import one_thread_env
 from jobs import Tokens, tiny_bert
 from torch import nn
 
@@ -189,19 +189,58 @@ def test_obs_readable_without_bioviz(tmp_path):
 MID_RUN_KILLS = 3
 
 
+class _Jobs:
+    """Extraction jobs (``jobs.py -``) started ahead of need: a job's imports take ~6 s and its
+    extraction ~1 s, so the jobs a test will use import two at a time (the two cores), before
+    and while the others run, and each waits for its store's path. One thread each."""
+
+    def __init__(self, n_ready: int, n_more: int):
+        self.env = {**one_thread_env(), "PYTHONUNBUFFERED": "1"}
+        self.ready, self.importing, self.all = [], [], []
+        for i in range(0, n_ready, 2):
+            pair = [self._spawn() for _ in range(min(2, n_ready - i))]
+            self.ready += [self._wait(p) for p in pair]
+        self.importing = [self._spawn() for _ in range(n_more)]
+
+    def _spawn(self) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, str(JOB), "-", "300"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=self.env, text=True)
+        self.all.append(proc)
+        return proc
+
+    @staticmethod
+    def _wait(proc) -> subprocess.Popen:
+        assert proc.stdout.readline().strip() == "ready"  # imports done: the extraction starts on its path
+        return proc
+
+    def start(self, path) -> subprocess.Popen:
+        """A job extracting into ``path`` from now on (one started now if none is left)."""
+        proc = self.ready.pop(0) if self.ready else self._wait((self.importing or [self._spawn()]).pop(0))
+        proc.stdin.write(f"{path}\n")
+        proc.stdin.flush()
+        return proc
+
+    def close(self):
+        for proc in self.all:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def jobs():
+    # the clean run and the three kills ready before the first starts; the last resume imports meanwhile
+    pool = _Jobs(n_ready=1 + MID_RUN_KILLS, n_more=1)
+    yield pool
+    pool.close()
+
+
 @pytest.mark.slow
-def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_path, tree):
+def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_path, tree, jobs):
     """SIGKILL the extraction process while it runs (on progress: once ``_progress.json`` shows
     committed rows, before the last chunk), three times, then let it finish: every resume
     keeps the committed chunks' files untouched, and the store ends byte-identical to an
     uninterrupted run's. Kills that land outside the extraction are not counted."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-    def start(path):
-        proc = subprocess.Popen([sys.executable, str(JOB), str(path), "300"], stdout=subprocess.PIPE, env=env, text=True)
-        assert proc.stdout.readline().strip() == "ready"  # imports done: the extraction starts now
-        return proc
-
+    start = jobs.start
     clean = tmp_path / "clean"
     proc = start(clean)
     per_chunk = kr.commit_interval(proc, clean)
@@ -234,7 +273,8 @@ def test_sigkill_mid_extraction_resumes_byte_identical_without_rewriting(tmp_pat
     assert landed == sorted(landed) and len(set(landed)) == MID_RUN_KILLS, landed  # each resume got further
     before = kr.committed_files(s)
     assert len(before) == 4 * (landed[-1] // chunk)  # 3 layers' chunk files + obs parts
-    subprocess.run([sys.executable, str(JOB), str(s), "300"], check=True, env=env, capture_output=True)
+    proc = start(s)
+    assert proc.wait() == 0 and proc.stdout.read().strip() == "done"
     assert kr.rewritten(before, s) == [], "the last resume rewrote chunks that were committed"
     got, want = tree(s), tree(clean)
     assert sorted(set(got) - set(want)) == [], "files an uninterrupted run does not leave (from a killed write)"

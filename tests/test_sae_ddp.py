@@ -36,6 +36,9 @@ from bioviz.sae.train import SAEModule
 JOB = Path(__file__).with_name("ddp_job.py")
 STEPS, BATCH, N_TRAIN = 60, 500, 16000  # 16 chunks of 1000 rows: 8 per rank, 32 steps an epoch
 
+# one torch thread here, as each of the two DDP ranks gets (Lightning: cores / ranks)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -13,6 +13,9 @@ from bioviz.evaluate import _splice, fidelity, stability
 from bioviz.hooks import capture, patch
 from bioviz.sae import SAEConfig, build_sae
 
+# a 32-wide BERT and small SAEs: one torch thread (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class MaskedTokens(torch.utils.data.Dataset):
     """Token sequences with 15% of positions masked and labelled, as in BERT pre-training."""

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from fixtures_shared import one_thread_env
 from jobs import Tokens
 from torch import nn
 
@@ -202,7 +203,7 @@ def test_case6_brain_cohort_overwrite_never_deletes_a_real_cohort(tmp_path):
 # -- case 7: one writer per artifact --------------------------------------------------------
 
 JOB = f"""
-import sys, time
+import os, sys, time
 sys.path.insert(0, {str(TESTS)!r})
 from jobs import Tokens, tiny_bert
 import bioviz as bv
@@ -221,17 +222,21 @@ try:
                chunk_rows=50, progress=False)
 except BiovizError as e:
     print("refused:", e, flush=True)
-    sys.exit(3)
+    os._exit(3)
 print("done", flush=True)
+os._exit(0)  # extract returned (its lock released): skip the ~1.5 s teardown of torch and Lightning
 """
 
 
-def _job(store) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", JOB, str(store)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+def _jobs(store, n: int = 1) -> list[subprocess.Popen]:
+    """``n`` writer jobs on ``store``, their imports done (they import side by side: one thread
+    each, two fit the two cores), each waiting for "go"."""
+    procs = [subprocess.Popen([sys.executable, "-c", JOB, str(store)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**one_thread_env(), "PYTHONUNBUFFERED": "1"}) for _ in range(n)]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready"
+    return procs
 
 
 def _go(proc):
@@ -261,7 +266,7 @@ def _total_rows(n):
 
 def test_case7_second_writer_is_refused_and_the_first_completes(tmp_path):
     s, total = tmp_path / "s", _total_rows(120)
-    first, second = _job(s), _job(s)
+    first, second = _jobs(s, 2)
     _go(first)
     _until_half_way(s, total, first)
     _go(second)
@@ -278,7 +283,7 @@ def test_case7_second_writer_is_refused_and_the_first_completes(tmp_path):
 
 def test_case7_lock_of_a_killed_writer_is_taken_over(tmp_path, caplog):
     s, total = tmp_path / "s", _total_rows(120)
-    proc = _job(s)
+    proc, = _jobs(s)
     _go(proc)
     _until_half_way(s, total, proc)
     proc.send_signal(signal.SIGKILL)

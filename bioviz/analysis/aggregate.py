@@ -228,12 +228,13 @@ def _by_rows(src, names, threshold, max_rows, codes, counts, bar) -> dict[str, n
            for name, stat in names.items()}
     for s in range(0, src.n_rows, max_rows):
         rows = np.arange(s, min(s + max_rows, src.n_rows))
-        block, c = src.read(rows), codes[rows]
+        block, c = src.read_block(rows), codes[rows]
         if np.any(np.diff(c) < 0):  # groups interleaved: bring each group's rows together
             o = np.argsort(c, kind="stable")
             block, c = block[o], c[o]
         present, starts = np.unique(c, return_index=True)
-        for name, part in _segments(block, starts, names, threshold).items():
+        segments = _segments_sparse if sp.issparse(block) else _segments
+        for name, part in segments(block, starts, names, threshold).items():
             if names[name] == "max":
                 np.maximum(acc[name][present], part, out=part)
                 acc[name][present] = part
@@ -277,6 +278,42 @@ def _segments(block, starts, names, threshold) -> dict[str, np.ndarray]:
             res[name] = np.maximum.reduceat(block, starts, axis=0)
         elif stat == "frac":
             res[name] = np.add.reduceat(block > threshold, starts, axis=0, dtype=np.int64)
+    return res
+
+
+def _segments_sparse(block, starts, names, threshold) -> dict[str, np.ndarray]:
+    """:func:`_segments` of a CSR block (float64), equal to it on the block made dense: an SAE's
+    codes are mostly zeros (TopK: k of d_sae), and a dense float64 copy costs d_sae / k times
+    the memory and the passes. Sums add each segment's rows in row order, as reduceat does (a
+    zero added changes no sum); a segment's unstored entries count as the zeros they are for
+    max and frac."""
+    if not block.has_canonical_format:  # duplicate entries add up, as in the dense block
+        block = block.copy()
+        block.sum_duplicates()
+    n, m = block.shape
+    sizes = np.diff(np.append(starts, n))
+    seg = np.repeat(np.arange(len(starts)), sizes)
+    # (segment, feature) of every stored entry, entries in row order
+    key = np.repeat(seg, np.diff(block.indptr)) * m + block.indices
+    res = {}
+    for name, stat in names.items():
+        if stat == "mean":
+            # segments x rows of ones: scipy's product adds the rows of a segment in their order
+            ones = sp.csr_matrix((np.ones(n), seg, np.arange(n + 1)), shape=(n, len(starts))).T.tocsr()
+            res[name] = (ones @ block).toarray()
+        elif stat == "max":
+            order = np.argsort(key, kind="stable")
+            cells, first, stored = np.unique(key[order], return_index=True, return_counts=True)
+            top = np.maximum.reduceat(block.data[order], first) if len(cells) else np.zeros(0)
+            full = stored == sizes[cells // m]  # no unstored zero in the segment's column
+            out = np.zeros((len(starts), m))
+            out.flat[cells] = np.where(full, top, np.maximum(top, 0.0))
+            res[name] = out
+        elif stat == "frac":
+            hits = np.bincount(key[block.data > threshold], minlength=len(starts) * m)
+            if 0.0 > threshold:  # the unstored zeros are above it too
+                hits += np.repeat(sizes, m) - np.bincount(key, minlength=len(starts) * m)
+            res[name] = hits.reshape(len(starts), m).astype(np.int64)
     return res
 
 
@@ -362,6 +399,10 @@ class _Source:
         """Rows ``idx`` (sorted) as dense float64."""
         raise NotImplementedError
 
+    def read_block(self, idx: np.ndarray):
+        """Rows ``idx`` (sorted) as float64: CSR when the source holds them sparse, else dense."""
+        return self.read(idx)
+
     def close(self) -> None:
         pass
 
@@ -385,17 +426,24 @@ class _TableSource(_Source):
     def column(self, name):
         return self.adata.obs[name]
 
-    def read(self, idx):
+    def _rows(self, idx):
         X = self.adata.X
         if self.path is not None:  # backed: slices read only their rows (and short gaps)
             parts = [X[a:b][idx[np.searchsorted(idx, a):np.searchsorted(idx, b)] - a]
                      for a, b in _runs(idx, gap=16)]
-            block = sp.vstack(parts) if sp.issparse(parts[0]) else np.concatenate(parts)
-        elif idx[-1] - idx[0] + 1 == len(idx):  # a slice: much faster than fancy indexing
-            block = X[idx[0]:idx[-1] + 1]
-        else:
-            block = X[idx]
+            return sp.vstack(parts) if sp.issparse(parts[0]) else np.concatenate(parts)
+        if idx[-1] - idx[0] + 1 == len(idx):  # a slice: much faster than fancy indexing
+            return X[idx[0]:idx[-1] + 1]
+        return X[idx]
+
+    def read(self, idx):
+        block = self._rows(idx)
         return block.toarray().astype(np.float64) if sp.issparse(block) else np.asarray(
+            block, dtype=np.float64)
+
+    def read_block(self, idx):
+        block = self._rows(idx)
+        return sp.csr_matrix(block, dtype=np.float64) if sp.issparse(block) else np.asarray(
             block, dtype=np.float64)
 
     def close(self):
@@ -438,15 +486,23 @@ class _StoreSource(_Source):
         rows = _gather(self.store, self.layer, self.arr, idx)
         if self.sae is None:
             return rows.astype(np.float64)
+        return self._codes(rows).toarray()
+
+    def read_block(self, idx):
+        if self.sae is None:
+            return self.read(idx)
+        return self._codes(_gather(self.store, self.layer, self.arr, idx))
+
+    def _codes(self, rows):
+        """The SAE's codes of ``rows``, a batch at a time, as one CSR float64 matrix."""
         import torch
 
-        out = np.empty((len(rows), self.sae.d_sae))
+        parts = []
         with torch.inference_mode():
             for s in range(0, len(rows), self.batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(rows[s:s + self.batch_size]))
-                codes = self.sae.encode_sparse(x.to(self.device, torch.float32)).to_scipy()
-                out[s:s + self.batch_size] = codes.toarray()
-        return out
+                parts.append(self.sae.encode_sparse(x.to(self.device, torch.float32)).to_scipy())
+        return sp.csr_matrix(sp.vstack(parts), dtype=np.float64)
 
 
 def _gather(store, layer: str, arr, idx: np.ndarray) -> np.ndarray:
