@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures_shared import one_blas_thread  # noqa: F401  (a fixture, named below)
 from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 
@@ -14,6 +15,10 @@ from bioviz.analysis.synthetic import make_cohort
 from bioviz.errors import InputError
 
 FAST = dict(n_permutations=0, n_boot=0, n_stability=0, probes=False, heldout=None, progress=False)
+
+# thousands of tiny least-squares fits (permutations, nilearn's permuted_ols): one BLAS thread
+# is as fast on two quiet cores and far faster on shared ones
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")
