@@ -1,8 +1,10 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/jobs.py: shared small models and datasets
 
@@ -27,6 +29,26 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+# what a test's subprocess (kill/resume jobs, second writers) gets: one thread, as one_thread
+# gives the test itself; two such processes then fit two cores
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """One BLAS/OpenMP thread (numpy, scipy, scikit-learn) for a module of small problems: on two
+    shared cores a tiny solve that wakes a second BLAS thread is several times slower (measured:
+    scipy's solve_triangular on a 4 x 4 design 0.89 ms with two threads, 0.13 ms with one), and
+    a study's associate stage calls thousands of them (24 s -> 10 s, the same tables)."""
+    with threadpool_limits(1):
+        yield
+
+
+def one_thread_env() -> dict[str, str]:
+    """``os.environ`` for a subprocess that must not use more than one thread."""
+    return {**os.environ, **ONE_THREAD_ENV}
+
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_COMMAND = "bioviz demo --studies dna_motifs"  # README, "A whole study from one config"
 
@@ -37,7 +59,6 @@ def dna_demo(tmp_path_factory):
     in a fresh folder that has the repository's ``experiments/`` beside it (as the repository
     root has). tests/test_demo.py checks what it prints and writes; tests/test_readme.py goes on
     from it with the README's next commands; tests/test_study_dna.py checks the CTCF study in it."""
-    import os
     import shlex
     import subprocess
     from types import SimpleNamespace

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from fixtures_shared import one_blas_thread  # noqa: F401  (a fixture, named below)
 from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 

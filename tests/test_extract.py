@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_shared import one_thread_env
+from conftest import one_thread_env
 from jobs import Tokens, tiny_bert
 from torch import nn
 

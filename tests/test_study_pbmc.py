@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from fixtures_shared import one_blas_thread  # noqa: F401  (a fixture, named below)
 
 import bioviz as bv
 from bioviz.adapters.singlecell import pbmc68k_counts

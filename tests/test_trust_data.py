@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from fixtures_shared import one_thread_env
+from conftest import one_thread_env
 from jobs import Tokens
 from torch import nn
 
